@@ -1,0 +1,1 @@
+"""Collapse analysis over MLflow runs."""

@@ -1,0 +1,360 @@
+"""The run's configuration: one dataclass field per setting, documented once.
+
+These dataclasses are the single source of truth. They are registered in Hydra's ConfigStore
+(see `register_configs`); the YAML files under `conf/` only override what differs. Every
+invariant is checked in `validate`, before any work starts, with an error that names the key and
+what it may be.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from mgrpo.algos.registry import ALGORITHM_PRESETS, REWARD_SOURCES
+from mgrpo.algos.losses import KL_ESTIMATORS, LOSS_AGG_MODES
+
+ENTROPY_ESTIMATORS = ("full", "sampled")
+STD_MODES = ("population", "unbiased")
+DTYPES = ("float32", "bfloat16", "float16")
+ROLLOUT_ENGINES = ("hf", "vllm")
+LR_SCHEDULES = ("cosine", "constant")
+TASKS = ("arithmetic", "jsonl", "hf")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid. The message names the key, the value, and what it may be."""
+
+
+@dataclass
+class AlgoConfig:
+    """What is optimised. Presets (mgrpo, srt, gt_grpo) live in `mgrpo.algos.registry`."""
+
+    name: str = "mgrpo"
+    """Preset name, for grouping in analysis: mgrpo | srt | gt_grpo (or a custom label)."""
+    reward: str = "pseudo"
+    """Reward source: 'pseudo' (majority vote, label-free) or 'ground_truth' (dataset label)."""
+    num_rollouts: int = 10
+    """G: samples per prompt, pooled over policy and momentum (G = M + N)."""
+    num_momentum_rollouts: Optional[int] = None
+    """N: samples per prompt from the momentum model; they only vote. None means G // 4."""
+    momentum: float = 0.99
+    """m: weight on the old momentum parameters, theta_k <- m*theta_k + (1-m)*theta_q."""
+    iqr_k: Optional[float] = 0.75
+    """k: drop samples with entropy below Q1 - k*IQR within their prompt. null disables."""
+    min_vote_share: float = 0.0
+    """A prompt whose winning answer has a smaller share of the votes is left unlabeled."""
+    entropy_estimator: str = "full"
+    """'full': mean full-distribution token entropy; 'sampled': -mean log p of sampled tokens."""
+    clip_ratio: float = 0.2
+    """PPO clip epsilon on the importance ratio."""
+    clip_ratio_dual: Optional[float] = None
+    """Dual-clip constant c (> 1) bounding the loss for negative advantages; null disables."""
+    kl_coef: float = 0.0
+    """beta: weight of the KL penalty to the frozen reference. 0 skips loading the reference."""
+    kl_estimator: str = "low_var_kl"
+    """KL estimator: k1 | k2 | low_var_kl (k3)."""
+    loss_agg_mode: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm (Dr. GRPO)."""
+    adv_eps: float = 1e-6
+    """epsilon in A = (r - mean) / (std + epsilon)."""
+    adv_std: str = "population"
+    """Std of the group rewards: 'population' (divide by n) or 'unbiased' (n - 1)."""
+    ppo_epochs: int = 1
+    """Passes over each step's rollouts."""
+    mini_batches: int = 1
+    """Optimizer steps per pass; >1 makes later mini-batches off-policy, where clipping acts."""
+
+    def resolved_num_momentum_rollouts(self) -> int:
+        """N after applying the default of G // 4 (the paper's setting)."""
+        if self.num_momentum_rollouts is None:
+            return self.num_rollouts // 4
+        return self.num_momentum_rollouts
+
+    def num_policy_rollouts(self) -> int:
+        """M = G - N: samples per prompt that are trained on."""
+        return self.num_rollouts - self.resolved_num_momentum_rollouts()
+
+
+@dataclass
+class TinyModelConfig:
+    """The built-in tiny model: a small Qwen3-architecture LM with a character tokenizer,
+    supervised-trained on the synthetic task into a decent-but-imperfect base model."""
+
+    hidden_size: int = 64
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 192
+    pretrain_steps: int = 600
+    """Supervised steps; chosen so the base model is decent but far from perfect."""
+    pretrain_batch_size: int = 64
+    pretrain_lr: float = 3e-3
+    seed: int = 0
+    cache_dir: str = "~/.cache/mgrpo"
+    """Where built base models are kept; the key is a hash of these settings and the task."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model is the policy (and the initial momentum and reference)."""
+
+    name_or_path: str = "tiny"
+    """'tiny' (built and cached on first use), a local HF checkpoint dir, or a hub name."""
+    dtype: str = "float32"
+    """Policy dtype. The momentum EMA is always kept in float32."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class DataConfig:
+    """Training prompts and the held-out evaluation set."""
+
+    task: str = "arithmetic"
+    """arithmetic (synthetic, built in) | jsonl (local file) | hf (Hugging Face dataset)."""
+    num_operands: int = 3
+    """Arithmetic: numbers summed per problem."""
+    num_digits: int = 2
+    """Arithmetic: digits per number."""
+    heldout_size: int = 1000
+    """Problems in the fixed held-out set (arithmetic), or the cap on eval problems (others)."""
+    train_path: Optional[str] = None
+    """jsonl: training problems file; hf: dataset name."""
+    eval_path: Optional[str] = None
+    """jsonl: held-out problems file; hf: dataset name. Defaults to a split of train_path."""
+    split: str = "train"
+    """hf: split of the training dataset."""
+    eval_split: str = "test"
+    """hf: split of the evaluation dataset."""
+    problem_key: str = "problem"
+    """Field holding the problem text."""
+    answer_key: Optional[str] = "answer"
+    """Field holding the gold answer; when absent, the last \\boxed{} of `solution_key`."""
+    solution_key: str = "solution"
+    prompt_template: str = "{problem}"
+    """Python format string over the problem text, e.g. to ask for a \\boxed{} answer."""
+    max_train_problems: Optional[int] = None
+    """Cap on the training pool (null: all)."""
+    seed: int = 0
+    """Seed of the synthetic task and of the train/held-out split."""
+
+
+@dataclass
+class RolloutConfig:
+    """How samples are generated."""
+
+    engine: str = "hf"
+    """hf (Hugging Face generate, CPU or GPU) | vllm (GPU only, optional extra)."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts; entropies are measured at it too."""
+    max_new_tokens: int = 32
+    eval_temperature: float = 0.0
+    """0 means greedy decoding for evaluation."""
+    eval_samples: int = 1
+    """Samples per held-out problem (mean accuracy and maj@n over them)."""
+    eval_batch_size: int = 500
+    score_chunk_size: int = 64
+    """Sequences per forward pass when computing log-probs and entropies."""
+    vllm_gpu_memory_utilization: float = 0.4
+    vllm_tensor_parallel_size: int = 1
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warmup and a cosine (or constant) schedule."""
+
+    lr: float = 2e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    """Fraction of total_steps spent in linear warmup."""
+    schedule: str = "constant"
+    """cosine | constant (after warmup)."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Max global grad norm; 0 disables clipping (the norm is still logged)."""
+    micro_batch_size: int = 64
+    """Sequences per forward/backward; gradients are accumulated over micro-batches."""
+
+
+@dataclass
+class TrainerConfig:
+    """The loop: how long, how many prompts, when to evaluate and checkpoint."""
+
+    total_steps: int = 150
+    prompts_per_step: int = 16
+    seed: int = 0
+    eval_every: int = 25
+    """Evaluate on the held-out set every this many steps (and at step 0 and the end)."""
+    eval_size: Optional[int] = None
+    """Held-out problems used per evaluation (null: all)."""
+    checkpoint_every: int = 25
+    keep_last: int = 2
+    """Checkpoints kept on disk; older ones are deleted after a newer one is complete."""
+    output_dir: Optional[str] = None
+    """Where checkpoints go. null: Hydra's run directory (so a requeued job finds them)."""
+    num_threads: int = 1
+    """torch CPU threads per process; 1 is fastest on small models when jobs run side by side."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    log_completions: int = 16
+    """Held-out completions saved as an artifact at each evaluation."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow."""
+
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    """Tracking URI. A relative sqlite path is taken from the directory mgrpo-train started in."""
+    experiment: str = "mgrpo"
+    run_name: Optional[str] = None
+    retry_seconds: float = 30.0
+    """While the store is unreachable, metrics are buffered and retried at most this often."""
+
+
+@dataclass
+class MonitorConfig:
+    """Online collapse detection during training (same detectors as `mgrpo-analyze`)."""
+
+    enabled: bool = True
+    every: int = 25
+    """Run the detectors every this many steps."""
+    stop_on_collapse: bool = False
+    """End the run early (as finished, tagged collapsed) when collapse is detected."""
+
+
+@dataclass
+class Config:
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r} is invalid: {allowed}. Fix it with `{key}=<value>`.")
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        _fail(key, value, "allowed values are " + ", ".join(map(str, allowed)))
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError on the first invalid setting, before any work is done."""
+    a = cfg.algo
+    if a.name not in ALGORITHM_PRESETS:
+        _one_of("algo", a.name, sorted(ALGORITHM_PRESETS))
+    _one_of("algo.reward", a.reward, sorted(REWARD_SOURCES))
+    if not (0.0 <= a.momentum < 1.0):
+        _fail("algo.momentum", a.momentum, "m must be in [0, 1)")
+    if a.iqr_k is not None and not (a.iqr_k >= 0 and math.isfinite(a.iqr_k)):
+        _fail("algo.iqr_k", a.iqr_k, "k must be >= 0, or null to disable the filter")
+    if a.num_rollouts < 2:
+        _fail("algo.num_rollouts", a.num_rollouts, "G must be >= 2 (GRPO needs a group)")
+    n = a.resolved_num_momentum_rollouts()
+    if n < 0 or n >= a.num_rollouts:
+        _fail(
+            "algo.num_momentum_rollouts",
+            n,
+            f"N must be in [0, G) with G={a.num_rollouts}: at least one policy sample is needed",
+        )
+    if a.reward == "pseudo" and a.num_policy_rollouts() < 2:
+        _fail("algo.num_rollouts", a.num_rollouts, "G - N must be >= 2 for a GRPO advantage")
+    if not (0.0 <= a.min_vote_share <= 1.0):
+        _fail("algo.min_vote_share", a.min_vote_share, "must be in [0, 1]")
+    _one_of("algo.entropy_estimator", a.entropy_estimator, ENTROPY_ESTIMATORS)
+    if a.clip_ratio <= 0:
+        _fail("algo.clip_ratio", a.clip_ratio, "must be > 0")
+    if a.clip_ratio_dual is not None and a.clip_ratio_dual <= 1.0:
+        _fail("algo.clip_ratio_dual", a.clip_ratio_dual, "dual-clip c must be > 1, or null")
+    if a.kl_coef < 0:
+        _fail("algo.kl_coef", a.kl_coef, "must be >= 0")
+    _one_of("algo.kl_estimator", a.kl_estimator, KL_ESTIMATORS)
+    _one_of("algo.loss_agg_mode", a.loss_agg_mode, LOSS_AGG_MODES)
+    if a.adv_eps < 0:
+        _fail("algo.adv_eps", a.adv_eps, "must be >= 0")
+    _one_of("algo.adv_std", a.adv_std, STD_MODES)
+    if a.ppo_epochs < 1:
+        _fail("algo.ppo_epochs", a.ppo_epochs, "must be >= 1")
+    if a.mini_batches < 1:
+        _fail("algo.mini_batches", a.mini_batches, "must be >= 1")
+
+    _one_of("model.dtype", cfg.model.dtype, DTYPES)
+    path = cfg.model.name_or_path
+    if path != "tiny" and (path.startswith((".", "/", "~")) or Path(path).expanduser().exists()):
+        if not Path(path).expanduser().is_dir():
+            _fail("model.name_or_path", path, "no such model directory; use 'tiny' or an HF checkpoint dir")
+
+    d = cfg.data
+    _one_of("data.task", d.task, TASKS)
+    if d.task == "arithmetic":
+        if d.num_operands < 2:
+            _fail("data.num_operands", d.num_operands, "must be >= 2")
+        if not (1 <= d.num_digits <= 6):
+            _fail("data.num_digits", d.num_digits, "must be in [1, 6]")
+    else:
+        if not d.train_path:
+            _fail("data.train_path", d.train_path, f"data.task={d.task} needs a file or dataset name")
+        if d.task == "jsonl":
+            for key in ("train_path", "eval_path"):
+                p = getattr(d, key)
+                if p and not Path(p).expanduser().is_file():
+                    _fail(f"data.{key}", p, "no such file")
+    if d.heldout_size < 1:
+        _fail("data.heldout_size", d.heldout_size, "must be >= 1")
+    if "{problem}" not in d.prompt_template:
+        _fail("data.prompt_template", d.prompt_template, "must contain {problem}")
+
+    r = cfg.rollout
+    _one_of("rollout.engine", r.engine, ROLLOUT_ENGINES)
+    if not (r.temperature > 0 and math.isfinite(r.temperature)):
+        _fail("rollout.temperature", r.temperature, "must be > 0 (sampling is required for GRPO)")
+    if r.eval_temperature < 0:
+        _fail("rollout.eval_temperature", r.eval_temperature, "must be >= 0 (0 = greedy)")
+    if r.eval_samples < 1 or (r.eval_samples > 1 and r.eval_temperature == 0):
+        _fail("rollout.eval_samples", r.eval_samples, "must be 1 with greedy eval, >= 1 when sampling")
+    for key in ("max_new_tokens", "eval_batch_size", "score_chunk_size"):
+        if getattr(r, key) < 1:
+            _fail(f"rollout.{key}", getattr(r, key), "must be >= 1")
+
+    o = cfg.optim
+    if not (o.lr > 0 and math.isfinite(o.lr)):
+        _fail("optim.lr", o.lr, "must be > 0")
+    if not (0.0 <= o.warmup_ratio < 1.0):
+        _fail("optim.warmup_ratio", o.warmup_ratio, "must be in [0, 1)")
+    _one_of("optim.schedule", o.schedule, LR_SCHEDULES)
+    if o.grad_clip < 0:
+        _fail("optim.grad_clip", o.grad_clip, "must be >= 0 (0 disables)")
+    if o.micro_batch_size < 1:
+        _fail("optim.micro_batch_size", o.micro_batch_size, "must be >= 1")
+
+    t = cfg.trainer
+    for key in ("total_steps", "prompts_per_step", "eval_every", "checkpoint_every", "keep_last", "num_threads"):
+        if getattr(t, key) < 1:
+            _fail(f"trainer.{key}", getattr(t, key), "must be >= 1")
+    _one_of("trainer.device", t.device, ("auto", "cpu", "cuda"))
+
+    if cfg.monitor.every < 1:
+        _fail("monitor.every", cfg.monitor.every, "must be >= 1")
+
+
+def register_configs() -> None:
+    """Put the schema and the algorithm presets into Hydra's ConfigStore."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for name, preset in ALGORITHM_PRESETS.items():
+        cs.store(group="algo", name=name, node=AlgoConfig(name=name, **preset.overrides))
