@@ -62,8 +62,8 @@ class AlgoConfig:
     """token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm (Dr. GRPO)."""
     adv_eps: float = 1e-6
     """epsilon in A = (r - mean) / (std + epsilon)."""
-    adv_std: str = "population"
-    """Std of the group rewards: 'population' (divide by n) or 'unbiased' (n - 1)."""
+    adv_std: str = "unbiased"
+    """Std of the group rewards: 'unbiased' (n - 1, as verl and TRL) or 'population' (n)."""
     ppo_epochs: int = 1
     """Passes over each step's rollouts."""
     mini_batches: int = 1

@@ -1,0 +1,172 @@
+"""Policy-gradient loss, KL penalty to the reference, and loss aggregation.
+
+J(theta) = clipped PG objective over kept policy samples - beta * KL(pi_theta || pi_ref).
+Each function takes tensors and plain values and returns (loss, metrics) or a tensor.
+
+Aggregation modes (over a (B, T) per-token loss and mask):
+- ``token-mean``: sum over all tokens / number of tokens (DAPO's choice; the default).
+- ``seq-mean-token-mean``: mean over sequences of each sequence's token mean (GRPO paper).
+- ``seq-mean-token-sum``: mean over sequences of each sequence's token sum.
+- ``seq-mean-token-sum-norm``: sum over all tokens / (sequences * a constant length), the
+  constant normaliser of Dr. GRPO that removes the length bias.
+Only sequences with at least one unmasked token count as sequences (filtered samples have an
+all-zero mask). For gradient accumulation, pass the counts of the whole mini-batch as
+`num_tokens` / `num_seqs` so the sum of micro-batch losses equals the mini-batch loss.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+KL_ESTIMATORS = ("k1", "k2", "low_var_kl")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+def agg_loss(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    num_tokens: Optional[float] = None,
+    num_seqs: Optional[float] = None,
+    norm_length: Optional[float] = None,
+) -> torch.Tensor:
+    """Reduce a per-token loss to a scalar.
+
+    Args:
+        loss_mat: (B, T) per-token loss.
+        mask: (B, T) 1 on tokens that count.
+        mode: one of LOSS_AGG_MODES.
+        num_tokens: token count to divide by (token-mean); default this batch's.
+        num_seqs: sequence count to divide by (seq-* modes); default this batch's.
+        norm_length: the constant length of seq-mean-token-sum-norm; default T.
+    Returns:
+        () scalar.
+    """
+    mask = mask.to(loss_mat.dtype)
+    if mode == "token-mean":
+        denom = mask.sum() if num_tokens is None else torch.tensor(float(num_tokens))
+        return (loss_mat * mask).sum() / denom.clamp(min=1.0)
+    seq_has_tokens = mask.sum(-1) > 0
+    seqs = seq_has_tokens.sum().to(loss_mat.dtype) if num_seqs is None else torch.tensor(float(num_seqs))
+    seqs = seqs.clamp(min=1.0)
+    if mode == "seq-mean-token-mean":
+        per_seq = (loss_mat * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return per_seq.sum() / seqs
+    if mode == "seq-mean-token-sum":
+        return (loss_mat * mask).sum() / seqs
+    if mode == "seq-mean-token-sum-norm":
+        length = float(loss_mat.shape[-1] if norm_length is None else norm_length)
+        return (loss_mat * mask).sum() / (seqs * length)
+    raise ValueError(f"unknown loss aggregation mode {mode!r}; allowed: {', '.join(LOSS_AGG_MODES)}")
+
+
+def ppo_clip_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio: float = 0.2,
+    clip_ratio_dual: Optional[float] = None,
+    agg_mode: str = "token-mean",
+    **agg_kwargs: Optional[float],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped surrogate, negated to be minimised.
+
+    Per token: max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)), with ratio = exp(logp - old).
+    Dual clip (Ye et al., 2020): for A < 0 the loss is also capped at -A * c.
+
+    Args:
+        logprobs: (B, T) current log-probs (with grad).
+        old_logprobs: (B, T) log-probs of the policy that sampled (no grad).
+        advantages: (B,) per-sequence advantage (broadcast over tokens) or (B, T).
+        mask: (B, T) 1 on trained tokens.
+        clip_ratio: eps.
+        clip_ratio_dual: c > 1, or None.
+        agg_mode, agg_kwargs: see `agg_loss`.
+    Returns:
+        loss: () scalar.
+        metrics: clip_frac (share of tokens where the clipped term was taken), approx_kl
+            (mean old - new log-prob), ratio_mean, all over masked tokens.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1).expand_as(logprobs)
+    log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_ratio, 1.0 + clip_ratio)
+    loss_mat = torch.maximum(unclipped, clipped)
+    if clip_ratio_dual is not None:
+        capped = torch.minimum(loss_mat, -advantages * clip_ratio_dual)
+        loss_mat = torch.where(advantages < 0, capped, loss_mat)
+    loss = agg_loss(loss_mat, mask, agg_mode, **agg_kwargs)
+    with torch.no_grad():
+        m = mask.float()
+        tokens = m.sum().clamp(min=1.0)
+        metrics = {
+            "clip_frac": float(((clipped > unclipped).float() * m).sum() / tokens),
+            "approx_kl": float((-log_ratio * m).sum() / tokens),
+            "ratio_mean": float((ratio * m).sum() / tokens),
+        }
+    return loss, metrics
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "low_var_kl") -> torch.Tensor:
+    """Per-token estimate of KL(pi_theta || pi_ref) from samples of pi_theta.
+
+    With d = logp - ref_logp:
+    - ``k1``: d (unbiased, high variance, can be negative);
+    - ``k2``: d^2 / 2 (biased, low variance);
+    - ``low_var_kl`` (k3, Schulman 2020): exp(-d) - 1 + d, unbiased and >= 0; clamped to
+      [-10, 10] as in verl, so one wild token cannot dominate.
+
+    Args:
+        logprobs, ref_logprobs: (B, T).
+        estimator: one of KL_ESTIMATORS.
+    Returns:
+        (B, T) per-token KL estimate.
+    """
+    d = logprobs - ref_logprobs
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return 0.5 * d.square()
+    if estimator == "low_var_kl":
+        return (torch.exp(-d) - 1.0 + d).clamp(-10.0, 10.0)
+    raise ValueError(f"unknown KL estimator {estimator!r}; allowed: {', '.join(KL_ESTIMATORS)}")
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: Optional[torch.Tensor],
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_ratio: float = 0.2,
+    clip_ratio_dual: Optional[float] = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "low_var_kl",
+    agg_mode: str = "token-mean",
+    **agg_kwargs: Optional[float],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """-J(theta) = PPO-clip loss + beta * KL to the reference, both aggregated the same way.
+
+    Args:
+        ref_logprobs: (B, T), or None when kl_coef == 0.
+        Others: see `ppo_clip_loss` and `kl_penalty`.
+    Returns:
+        loss: () scalar; metrics: pg_loss, kl, and the PPO metrics.
+    """
+    pg_loss, metrics = ppo_clip_loss(
+        logprobs, old_logprobs, advantages, mask, clip_ratio, clip_ratio_dual, agg_mode, **agg_kwargs
+    )
+    loss = pg_loss
+    metrics["pg_loss"] = float(pg_loss.detach())
+    if kl_coef > 0:
+        if ref_logprobs is None:
+            raise ValueError("kl_coef > 0 needs reference log-probs")
+        kl = agg_loss(kl_penalty(logprobs, ref_logprobs, kl_estimator), mask, agg_mode, **agg_kwargs)
+        loss = loss + kl_coef * kl
+        metrics["kl"] = float(kl.detach())
+    return loss, metrics
