@@ -24,6 +24,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 ROLLOUT_ENGINES = ("hf", "vllm")
 LR_SCHEDULES = ("cosine", "constant")
 TASKS = ("arithmetic", "jsonl", "hf")
+OBJECTIVES = ("final_accuracy", "stable_accuracy")
 
 
 class ConfigError(ValueError):
@@ -54,8 +55,9 @@ class AlgoConfig:
     """PPO clip epsilon on the importance ratio."""
     clip_ratio_dual: Optional[float] = None
     """Dual-clip constant c (> 1) bounding the loss for negative advantages; null disables."""
-    kl_coef: float = 0.0
-    """beta: weight of the KL penalty to the frozen reference. 0 skips loading the reference."""
+    kl_coef: float = 0.005
+    """beta: weight of the KL penalty to the frozen reference (paper: 0.005). 0 skips loading the
+    reference, and train/kl is then not logged."""
     kl_estimator: str = "low_var_kl"
     """KL estimator: k1 | k2 | low_var_kl (k3)."""
     loss_agg_mode: str = "token-mean"
@@ -151,6 +153,8 @@ class RolloutConfig:
     temperature: float = 1.0
     """Sampling temperature for training rollouts; entropies are measured at it too."""
     max_new_tokens: int = 32
+    max_prompt_tokens: int = 512
+    """Longer prompts are cut from the left (the end of a prompt carries the question)."""
     eval_temperature: float = 0.0
     """0 means greedy decoding for evaluation."""
     eval_samples: int = 1
@@ -206,6 +210,10 @@ class TrainerConfig:
     """Held-out completions saved as an artifact at each evaluation."""
     progress: bool = True
     """Show a progress bar."""
+    objective: str = "final_accuracy"
+    """What the job returns (e.g. to an Optuna sweep): final_accuracy (last val/accuracy) or
+    stable_accuracy (final - objective_drop_penalty * (peak - final)), which penalises collapse."""
+    objective_drop_penalty: float = 1.0
 
 
 @dataclass
@@ -327,7 +335,7 @@ def validate(cfg: Config) -> None:
         _fail("rollout.eval_temperature", r.eval_temperature, "must be >= 0 (0 = greedy)")
     if r.eval_samples < 1 or (r.eval_samples > 1 and r.eval_temperature == 0):
         _fail("rollout.eval_samples", r.eval_samples, "must be 1 with greedy eval, >= 1 when sampling")
-    for key in ("max_new_tokens", "eval_batch_size", "score_chunk_size"):
+    for key in ("max_new_tokens", "max_prompt_tokens", "eval_batch_size", "score_chunk_size"):
         if getattr(r, key) < 1:
             _fail(f"rollout.{key}", getattr(r, key), "must be >= 1")
 
@@ -347,6 +355,7 @@ def validate(cfg: Config) -> None:
         if getattr(t, key) < 1:
             _fail(f"trainer.{key}", getattr(t, key), "must be >= 1")
     _one_of("trainer.device", t.device, ("auto", "cpu", "cuda"))
+    _one_of("trainer.objective", t.objective, OBJECTIVES)
 
     if cfg.monitor.every < 1:
         _fail("monitor.every", cfg.monitor.every, "must be >= 1")

@@ -9,7 +9,9 @@ from mgrpo.rollout.hf import HFRolloutEngine
 def make_engine(engine: str, model, tokenizer, model_path: str, dtype: str, rollout_cfg) -> RolloutEngine:
     """Build the engine of one model role. `rollout_cfg` is a `RolloutConfig`."""
     if engine == "hf":
-        return HFRolloutEngine(model, tokenizer, batch_size=rollout_cfg.eval_batch_size)
+        return HFRolloutEngine(
+            model, tokenizer, batch_size=rollout_cfg.eval_batch_size, max_prompt_tokens=rollout_cfg.max_prompt_tokens
+        )
     if engine == "vllm":
         from mgrpo.rollout.vllm import VLLMRolloutEngine
 
@@ -19,7 +21,7 @@ def make_engine(engine: str, model, tokenizer, model_path: str, dtype: str, roll
             dtype=dtype,
             gpu_memory_utilization=rollout_cfg.vllm_gpu_memory_utilization,
             tensor_parallel_size=rollout_cfg.vllm_tensor_parallel_size,
-            max_model_len=rollout_cfg.max_new_tokens + 2048,
+            max_model_len=rollout_cfg.max_new_tokens + rollout_cfg.max_prompt_tokens,
         )
     raise ValueError(f"unknown rollout.engine {engine!r}; allowed: hf, vllm")
 

@@ -17,10 +17,11 @@ from mgrpo.rollout.base import Rollouts, response_mask_from_tokens
 class HFRolloutEngine:
     """`RolloutEngine` over a transformers causal LM."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 1024) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 1024, max_prompt_tokens: int = 512) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
         if tokenizer.padding_side != "left":
             raise ValueError("HFRolloutEngine needs a left-padding tokenizer (tokenizer.padding_side='left')")
 
@@ -30,7 +31,15 @@ class HFRolloutEngine:
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int, seed: int) -> Rollouts:
         device = next(self.model.parameters()).device
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        self.tokenizer.truncation_side = "left"
+        encoded = self.tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_prompt_tokens,
+        )
         prompt_ids = encoded["input_ids"].repeat_interleave(n, dim=0).to(device)
         prompt_mask = encoded["attention_mask"].repeat_interleave(n, dim=0).to(device)
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)

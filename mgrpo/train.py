@@ -1,0 +1,137 @@
+"""`mgrpo-train`: the Hydra entry point.
+
+    mgrpo-train                                   # M-GRPO, tiny model, synthetic task, CPU
+    mgrpo-train algo=srt trainer.seed=1           # the SRT baseline
+    mgrpo-train experiment=collapse_lab algo=srt  # the CPU collapse lab
+    mgrpo-train -m experiment=momentum_sweep cluster=slurm resources=h200x8
+
+A job resumes from the newest checkpoint in its output directory (Hydra's job directory, or
+`trainer.output_dir`), continuing the same MLflow run: rerunning a killed command, or a SLURM
+requeue, picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from mgrpo.checkpoint import CheckpointError
+from mgrpo.config import Config, ConfigError, register_configs, validate
+from mgrpo.tracking import Tracker, flatten, resolve_tracking_uri
+
+log = logging.getLogger("mgrpo")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _slug(override_dirname: str) -> str:
+    """A run directory name from the job's overrides ("default" when there are none)."""
+    return override_dirname.replace("/", "_") or "default"
+
+
+OmegaConf.register_new_resolver("mgrpo_slug", _slug, replace=True)
+register_configs()
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def slurm_job_id() -> Optional[str]:
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and array_task:
+        return f"{array_job}_{array_task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def run(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, str]) -> float:
+    """Train (or resume) one run; returns the objective. Usable without Hydra."""
+    from mgrpo.trainer import Trainer
+
+    validate(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    uri = resolve_tracking_uri(cfg.tracking.uri, launch_dir)
+    run_name = cfg.tracking.run_name or f"{cfg.algo.name}-seed{cfg.trainer.seed}-{output_dir.name}"
+    tracker = Tracker(
+        uri,
+        cfg.tracking.experiment,
+        run_name,
+        cfg.tracking.retry_seconds,
+        cfg.tracking.enabled,
+        run_id_file=output_dir / "mlflow_run_id",
+    )
+    trainer = Trainer(cfg, output_dir, tracker)
+    resumed = trainer.resume()
+    if not resumed:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        tracker.log_params(flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)))
+        tracker.log_artifact(output_dir / "config.yaml")
+    tracker.set_tags(
+        {
+            "mgrpo.algo": cfg.algo.name,
+            "mgrpo.git_commit": git_commit(),
+            "mgrpo.slurm_job_id": slurm_job_id(),
+            "mgrpo.output_dir": str(output_dir.resolve()),
+            "mgrpo.restarts": os.environ.get("SLURM_RESTART_COUNT"),
+            **sweep_tags,
+        }
+    )
+    if cfg.tracking.enabled:
+        print(f"[mgrpo] tracking to {uri}; view with: {tracker.url_hint}", file=sys.stderr)
+    status = "FAILED"
+    try:
+        objective = trainer.fit()
+        status = "FINISHED"
+    finally:
+        tracker.finish(status, wait_seconds=min(60.0, cfg.tracking.retry_seconds) if status == "FINISHED" else 0.0)
+        trainer.equivalent.close()
+    print(f"[mgrpo] done: objective ({cfg.trainer.objective}) = {objective:.4f}; outputs in {output_dir}", file=sys.stderr)
+    if cfg.tracking.enabled:
+        print(f"[mgrpo] MLflow run {tracker.run_id}: {tracker.url_hint}", file=sys.stderr)
+    return objective
+
+
+def sweep_tags() -> dict[str, str]:
+    """Sweep id and swept keys written by the multirun callback, when this job is part of a sweep."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {}
+    from mgrpo.sweeps import read_sweep_info
+
+    info = read_sweep_info(Path(hydra_cfg.sweep.dir))
+    if not info:
+        return {}
+    return {"mgrpo.sweep_id": info["sweep_id"], "mgrpo.swept_params": ",".join(info["swept_params"])}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(dict_cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    cfg: Config = OmegaConf.to_object(dict_cfg)
+    output_dir = Path(cfg.trainer.output_dir or hydra_cfg.runtime.output_dir).expanduser()
+    launch_dir = Path(hydra_cfg.runtime.cwd)
+    try:
+        return run(cfg, output_dir, launch_dir, sweep_tags())
+    except (ConfigError, CheckpointError) as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
