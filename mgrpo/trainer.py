@@ -454,15 +454,18 @@ class Trainer:
         mon = self.cfg.monitor
         if not mon.enabled or step % mon.every != 0:
             return False
-        from mgrpo_analysis.monitor import check_history
+        from mgrpo_analysis.monitor import Thresholds, check_history
 
-        verdict = check_history(self.history, heldout_size=len(self.data.heldout) if not self.cfg.trainer.eval_size else self.cfg.trainer.eval_size)
-        tags = {"mgrpo.collapsed": str(verdict.collapsed).lower()}
+        heldout_size = min(len(self.data.heldout), self.cfg.trainer.eval_size or len(self.data.heldout))
+        verdict = check_history(self.history, Thresholds(heldout_size=heldout_size))
+        tags = verdict.tags()
         if verdict.collapsed and self.collapse is None:
-            self.collapse = {"step": verdict.collapse_step, "detectors": list(verdict.detectors)}
-            tags["mgrpo.collapse_step"] = verdict.collapse_step
-            tags["mgrpo.collapse_detectors"] = ",".join(verdict.detectors)
-            log.warning("collapse detected at step %s by %s", verdict.collapse_step, ", ".join(verdict.detectors))
+            self.collapse = {"step": verdict.collapse_step, "detectors": list(verdict.fired)}
+            log.warning("collapse detected: %s", verdict.summary())
+        if self.collapse is not None:
+            # The verdict may later clear if the run recovers; the first detection is kept.
+            tags["mgrpo.first_collapse_step"] = str(self.collapse["step"])
+            tags["mgrpo.first_collapse_detectors"] = ",".join(self.collapse["detectors"])
         self.tracker.set_tags(tags)
         return verdict.collapsed and mon.stop_on_collapse
 

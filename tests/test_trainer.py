@@ -1,0 +1,243 @@
+"""End-to-end trainer tests on the tiny model (CPU, a few steps each)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mgrpo import checkpoint as ckpt
+from mgrpo.tasks import TaskData
+from tests.trainer_helpers import REPO, cli, compose_config, metric_series, train
+
+REQUIRED_METRICS = {
+    "val/accuracy",
+    "train/pseudo_reward",
+    "train/label_accuracy",
+    "train/true_accuracy",
+    "train/entropy",
+    "train/vote_share",
+    "train/filtered_frac",
+    "train/zero_std_frac",
+    "train/kl",
+    "train/loss",
+    "train/grad_norm",
+    "train/response_length",
+    "train/lr",
+    "time/rollout",
+    "time/score",
+    "time/filter",
+    "time/vote",
+    "time/update",
+    "time/ema",
+}
+
+
+def fast_overrides(tiny_cache: Path, uri: str, experiment: str, *extra: str) -> list[str]:
+    return [
+        f"model.tiny.cache_dir={tiny_cache}",
+        f"tracking.uri={uri}",
+        f"tracking.experiment={experiment}",
+        "data.heldout_size=48",
+        "trainer.total_steps=3",
+        "trainer.prompts_per_step=4",
+        "trainer.eval_every=2",
+        "trainer.checkpoint_every=2",
+        "trainer.progress=false",
+        "algo.num_rollouts=8",
+        "rollout.max_new_tokens=24",
+        *extra,
+    ]
+
+
+def deterministic(series: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    return {k: v for k, v in series.items() if not k.startswith("time/")}
+
+
+@pytest.mark.parametrize("algo", ["mgrpo", "srt", "gt_grpo"])
+def test_each_algorithm_trains_and_logs_every_metric(algo, tiny_cache, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "run"
+    train(fast_overrides(tiny_cache, uri, "e2e", f"algo={algo}"), out)
+
+    runs = metric_series(uri, "e2e")
+    assert len(runs) == 1
+    series = next(iter(runs.values()))
+    missing = REQUIRED_METRICS - set(series) - ({"train/entropy_momentum"} if algo != "mgrpo" else set())
+    assert not missing, f"metrics not logged: {sorted(missing)}"
+    if algo == "mgrpo":
+        assert "train/entropy_momentum" in series
+    else:
+        assert "train/entropy_momentum" not in series
+    assert [s for s, _ in series["train/loss"]] == [1, 2, 3]
+    assert [s for s, _ in series["val/accuracy"]] == [0, 2, 3]
+
+    saved = ckpt.load_tensors(ckpt.latest_checkpoint(out).path / "policy")
+    base_dir = next(p for p in tiny_cache.iterdir() if p.is_dir() and (p / "config.json").exists())
+    base = ckpt.load_tensors(base_dir)
+    changed = [k for k in base if not torch.equal(base[k], saved[k])]
+    assert changed, "the policy's parameters did not change"
+    momentum_dir = ckpt.latest_checkpoint(out).path / "momentum"
+    assert momentum_dir.exists() == (algo == "mgrpo")
+
+
+def test_label_free_runs_never_read_training_labels(tiny_cache, tmp_path, monkeypatch):
+    """Corrupting the hidden training labels leaves a label-free run's trajectory identical."""
+    import mgrpo.trainer as trainer_module
+
+    def run_with(labels: str) -> dict:
+        uri = f"sqlite:///{tmp_path}/{labels}.db"
+        original = trainer_module.load_task
+
+        def patched(cfg):
+            data = original(cfg)
+            if labels == "corrupt":
+                data = TaskData(
+                    train=[type(p)(uid=p.uid, prompt=p.prompt, answer="999999") for p in data.train],
+                    heldout=data.heldout,
+                )
+            return data
+
+        monkeypatch.setattr(trainer_module, "load_task", patched)
+        train(fast_overrides(tiny_cache, uri, "leak", "algo=mgrpo"), tmp_path / labels)
+        monkeypatch.setattr(trainer_module, "load_task", original)
+        return next(iter(metric_series(uri, "leak").values()))
+
+    clean, corrupt = run_with("clean"), run_with("corrupt")
+    diagnostics = {"train/label_accuracy", "train/true_accuracy"}
+    for key in deterministic(clean):
+        if key in diagnostics:
+            continue
+        assert clean[key] == corrupt[key], f"{key} changed when only the hidden labels changed"
+    assert clean["train/true_accuracy"] != corrupt["train/true_accuracy"] or all(
+        v == 0 for _, v in corrupt["train/true_accuracy"]
+    ), "the diagnostics should see the corrupted labels"
+
+
+def test_same_seed_same_metrics(tiny_cache, tmp_path):
+    results = []
+    for name in ("a", "b"):
+        uri = f"sqlite:///{tmp_path}/{name}.db"
+        train(fast_overrides(tiny_cache, uri, "det", "trainer.seed=3"), tmp_path / name)
+        results.append(deterministic(next(iter(metric_series(uri, "det").values()))))
+    assert results[0] == results[1]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_continues_the_same_run(tiny_cache, tmp_path):
+    """SIGKILL mid-run, rerun the same command: same MLflow run, every step once, same values."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = fast_overrides(tiny_cache, uri, "resume", "trainer.total_steps=8", "trainer.checkpoint_every=3")
+    reference_args = fast_overrides(tiny_cache, uri, "uninterrupted", "trainer.total_steps=8", "trainer.checkpoint_every=3")
+
+    reference = cli([*reference_args, f"trainer.output_dir={tmp_path}/ref"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    command = [sys.executable, "-m", "mgrpo.train", *args, f"trainer.output_dir={tmp_path}/killed"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "checkpoints" / "step_000003" / "COMPLETE").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stderr = proc.stderr.read().decode()
+    assert proc.returncode == -signal.SIGKILL, stderr[-2000:]
+
+    resumed = cli([*args, f"trainer.output_dir={tmp_path}/killed"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = metric_series(uri, "resume")
+    assert len(runs) == 1, "the resumed job must continue the same MLflow run"
+    killed = deterministic(next(iter(runs.values())))
+    uninterrupted = deterministic(next(iter(metric_series(uri, "uninterrupted").values())))
+    for key, points in killed.items():
+        steps_logged = [s for s, _ in points]
+        assert len(steps_logged) == len(set(steps_logged)), f"{key} has duplicated steps"
+    assert killed == uninterrupted
+
+    again = cli([*args, f"trainer.output_dir={tmp_path}/killed"], cwd=tmp_path)
+    assert again.returncode == 0 and "already finished" in again.stderr
+
+
+def test_bad_config_fails_before_work_with_the_key_named(tmp_path):
+    cases = {
+        "algo.momentum=1.0": "algo.momentum",
+        "algo.iqr_k=-1": "algo.iqr_k",
+        "algo.num_rollouts=1": "algo.num_rollouts",
+        "algo.num_momentum_rollouts=8": "algo.num_momentum_rollouts",
+        "rollout.temperature=0": "rollout.temperature",
+        "optim.lr=0": "optim.lr",
+        f"model.name_or_path={tmp_path}/missing_model": "model.name_or_path",
+    }
+    for override, key in cases.items():
+        result = cli([override, f"trainer.output_dir={tmp_path}/out", "tracking.enabled=false"], cwd=tmp_path, timeout=120)
+        assert result.returncode == 2, (override, result.stderr[-2000:])
+        assert key in result.stderr, (override, result.stderr[-2000:])
+        assert not (tmp_path / "out" / "checkpoints").exists()
+    unknown = cli(["algo=ppo_magic", "tracking.enabled=false"], cwd=tmp_path, timeout=120)
+    assert unknown.returncode != 0
+    assert "algo" in unknown.stderr and "mgrpo" in unknown.stderr
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=2"), out)
+    newest = ckpt.latest_checkpoint(out).path
+    (newest / "optimizer.pt").unlink()
+    before = sorted(p.name for p in newest.iterdir())
+    with pytest.raises(ckpt.CheckpointError, match="missing optimizer.pt"):
+        train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=4"), out)
+    assert sorted(p.name for p in newest.iterdir()) == before
+
+    (newest / "optimizer.pt").write_bytes(b"")
+    (newest / ckpt.MARKER).unlink()
+    with pytest.raises(ckpt.CheckpointError, match="incomplete"):
+        train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=4"), out)
+
+
+def test_resume_under_a_different_algorithm_is_refused(tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    train(fast_overrides(tiny_cache, uri, "x", "trainer.total_steps=2", "algo=srt"), out)
+    with pytest.raises(ckpt.CheckpointError, match="algo.name"):
+        train(fast_overrides(tiny_cache, uri, "x", "trainer.total_steps=2", "algo=mgrpo"), out)
+
+
+def test_math500_prompts_of_varying_length(tiny_cache, tmp_path, shared_data_dir):
+    """Two steps on real MATH-500 prompts with the tiny model: left padding, no crash, metrics logged."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    train(
+        fast_overrides(
+            tiny_cache,
+            uri,
+            "math",
+            "data.task=jsonl",
+            f"data.train_path={shared_data_dir / 'math500.jsonl'}",
+            "data.heldout_size=8",
+            "trainer.total_steps=2",
+            "rollout.max_new_tokens=8",
+            "rollout.max_prompt_tokens=256",
+        ),
+        tmp_path / "run",
+    )
+    series = next(iter(metric_series(uri, "math").values()))
+    assert [s for s, _ in series["train/loss"]] == [1, 2]
+    assert "val/accuracy" in series
+
+
+def test_default_config_composes_and_validates():
+    from mgrpo.config import validate
+
+    cfg = compose_config([])
+    validate(cfg)
+    assert cfg.algo.name == "mgrpo" and cfg.algo.resolved_num_momentum_rollouts() == cfg.algo.num_rollouts // 4
+    srt = compose_config(["algo=srt"])
+    assert srt.algo.resolved_num_momentum_rollouts() == 0 and srt.algo.iqr_k is None
