@@ -41,6 +41,15 @@ OmegaConf.register_new_resolver("mgrpo_slug", _slug, replace=True)
 register_configs()
 
 
+def compose_config(overrides: list[str]) -> Config:
+    """The validated-schema config `mgrpo-train` would build from these overrides (for notebooks,
+    benchmarks and tests; Hydra's output-directory settings are not applied)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
+
+
 def git_commit() -> Optional[str]:
     try:
         out = subprocess.run(

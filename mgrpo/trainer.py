@@ -346,16 +346,17 @@ class Trainer:
 
         with timed(metrics, "score"):
             policy_scores = score_phase(self.policy, policy_ro, r.temperature, r.score_chunk_size, a.entropy_estimator)
-            entropies, groups, texts = [policy_scores.entropy], [policy_ro.group_ids], list(policy_ro.texts)
+            ref_logprobs = None
+            if self.reference is not None:
+                ref_logprobs = score_phase(self.reference, policy_ro, r.temperature, r.score_chunk_size, "sampled").logprobs
+        entropies, groups, texts = [policy_scores.entropy], [policy_ro.group_ids], list(policy_ro.texts)
+        with timed(metrics, "entropy"):
             if momentum_ro is not None:
                 momentum_scores = score_phase(self.momentum, momentum_ro, r.temperature, r.score_chunk_size, a.entropy_estimator)
                 entropies.append(momentum_scores.entropy)
                 groups.append(momentum_ro.group_ids)
                 texts += momentum_ro.texts
                 metrics["train/entropy_momentum"] = float(momentum_scores.entropy.mean())
-            ref_logprobs = None
-            if self.reference is not None:
-                ref_logprobs = score_phase(self.reference, policy_ro, r.temperature, r.score_chunk_size, "sampled").logprobs
         pooled_entropy, pooled_groups = torch.cat(entropies), torch.cat(groups)
         num_policy_samples = len(policy_ro)
 

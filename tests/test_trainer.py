@@ -31,6 +31,7 @@ REQUIRED_METRICS = {
     "train/lr",
     "time/rollout",
     "time/score",
+    "time/entropy",
     "time/filter",
     "time/vote",
     "time/update",

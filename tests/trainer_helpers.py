@@ -1,4 +1,4 @@
-"""Shared helpers for trainer tests: compose a config like `mgrpo-train` does, run it, read MLflow."""
+"""Shared helpers for trainer tests: run a job like `mgrpo-train` does, read MLflow."""
 
 from __future__ import annotations
 
@@ -8,19 +8,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from mgrpo.config import Config
-from mgrpo.train import CONF_DIR, run
+from mgrpo.train import compose_config, run
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def compose_config(overrides: list[str]) -> Config:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_object(cfg)
 
 
 def train(overrides: list[str], output_dir: Path, launch_dir: Optional[Path] = None) -> float:
