@@ -1,0 +1,138 @@
+"""The tracker against real MLflow stores: sanitising, resume dedup, and a server that is down."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from mgrpo.tracking import Tracker, flatten, resolve_tracking_uri, sanitize_key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on loopback, startable and stoppable."""
+
+    def __init__(self, store: Path, port: int) -> None:
+        self.store, self.port, self.proc = store, port, None
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.store}",
+             "--default-artifact-root", str(self.store.parent / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+        deadline = time.time() + 90
+        import urllib.request
+
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+
+def test_sanitize_and_flatten():
+    assert sanitize_key("train/acc@k=1 (x)") == "train/acc_k_1 _x_"
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
+    assert resolve_tracking_uri("sqlite:///mlflow.db", Path("/base")) == "sqlite:////base/mlflow.db"
+    assert resolve_tracking_uri("sqlite:////abs/x.db", Path("/base")) == "sqlite:////abs/x.db"
+    assert resolve_tracking_uri("http://host:5000", Path("/base")) == "http://host:5000"
+
+
+def test_resumed_run_skips_points_already_logged(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = Tracker(uri, "exp", "r", run_id_file=tmp_path / "run_id")
+    for step in range(1, 6):
+        first.log_metrics({"train/loss": step * 1.0}, step)
+    state = first.state_dict()
+
+    again = Tracker(uri, "exp", "r", run_id_file=tmp_path / "run_id")
+    again.load_state_dict(state)
+    for step in range(3, 9):
+        again.log_metrics({"train/loss": step * 1.0}, step)
+    assert again.finish()
+    history = MlflowClient(uri).get_metric_history(first.run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, 9))
+    assert MlflowClient(uri).get_run(first.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_store_down_at_start_and_mid_run_loses_nothing(tmp_path):
+    server = MlflowServer(tmp_path / "server.db", free_port())
+    tracker = Tracker(server.uri, "outage", "r", retry_seconds=0.5, run_id_file=tmp_path / "run_id")
+    tracker.log_params({"algo.momentum": 0.99})
+    for step in range(1, 4):
+        tracker.log_metrics({"train/loss": float(step)}, step)
+    assert tracker.run_id is None and len(tracker.pending.metrics) == 3
+
+    server.start()
+    time.sleep(0.6)
+    tracker.log_metrics({"train/loss": 4.0}, 4)
+    assert tracker.run_id is not None and not tracker.pending.metrics
+
+    server.stop()
+    for step in range(5, 8):
+        tracker.log_metrics({"train/loss": float(step)}, step)
+    assert len(tracker.pending.metrics) == 3
+
+    server.start()
+    try:
+        assert tracker.finish(wait_seconds=30)
+        client = MlflowClient(server.uri)
+        history = client.get_metric_history(tracker.run_id, "train/loss")
+        assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(1, 8)]
+        assert client.get_run(tracker.run_id).data.params["algo.momentum"] == "0.99"
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_training_survives_a_tracking_server_that_comes_up_late(tiny_cache, tmp_path):
+    """A real run whose tracking server is down at start and comes up mid-run logs every step."""
+    from tests.test_trainer import fast_overrides
+    from tests.trainer_helpers import cli
+
+    server = MlflowServer(tmp_path / "server.db", free_port())
+    args = fast_overrides(tiny_cache, server.uri, "late", "trainer.total_steps=6", "tracking.retry_seconds=1",
+                          f"trainer.output_dir={tmp_path}/run")
+    proc = subprocess.Popen([sys.executable, "-m", "mgrpo.train", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "run" / "checkpoints" / "step_000002").exists():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.1)
+        server.start()
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+        client = MlflowClient(server.uri)
+        run = client.search_runs([client.get_experiment_by_name("late").experiment_id])[0]
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+        assert steps == [1, 2, 3, 4, 5, 6]
+        assert run.info.status == "FINISHED"
+    finally:
+        proc.kill()
+        server.stop()
