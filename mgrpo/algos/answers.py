@@ -47,8 +47,9 @@ def _last_boxed(text: str) -> tuple[int, Optional[str]]:
         pos = text.rfind(command)
         while pos != -1:
             rest = pos + len(command)
-            if rest < len(text) and text[rest] == "{":
-                content = _brace_group(text, rest)
+            brace = len(text) - len(text[rest:].lstrip(" "))  # "\\boxed {x}" is "\\boxed{x}"
+            if brace < len(text) and text[brace] == "{":
+                content = _brace_group(text, brace)
             elif rest < len(text) and text[rest] == " ":
                 match = re.match(r" +([^\s$]+)", text[rest:])
                 content = match.group(1) if match else None
@@ -82,10 +83,11 @@ def extract_answer(text: str) -> Optional[str]:
 
 
 def normalize_answer(answer: str) -> str:
-    """Cheap canonical form for the identical-string fast path: no whitespace, no ``$``,
-    no ``\\left``/``\\right``, ``\\dfrac``/``\\tfrac`` as ``\\frac``."""
-    s = answer.replace("\\left", "").replace("\\right", "").replace("\\!", "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("$", "")
+    """Cheap canonical form for the identical-string fast path: no whitespace, no ``$`` or
+    ``\\$``, no ``\\left``/``\\right`` (whole commands only: ``\\leftarrow`` stays),
+    ``\\dfrac``/``\\tfrac`` as ``\\frac``."""
+    s = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", answer).replace("\\!", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\$", "").replace("$", "")
     return re.sub(r"\s+", "", s)
 
 
@@ -148,7 +150,7 @@ class AnswerEquivalence:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-            result = self._verify_with_timeout(gold, pred)
+            result = self._verify_with_timeout(a, b)  # the cache key's strings: same key, same answer
             self._cache[key] = result
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
