@@ -29,7 +29,7 @@ def iqr_threshold(entropy: torch.Tensor, k: float) -> torch.Tensor:
     Returns:
         () the threshold, float32.
     """
-    quartiles = torch.quantile(entropy.float(), torch.tensor([0.25, 0.75]), interpolation="linear")
+    quartiles = torch.quantile(entropy.float(), torch.tensor([0.25, 0.75], device=entropy.device), interpolation="linear")
     q1, q3 = quartiles[0], quartiles[1]
     return q1 - k * (q3 - q1)
 
