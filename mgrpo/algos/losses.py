@@ -119,7 +119,8 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     - ``k1``: d (unbiased, high variance, can be negative);
     - ``k2``: d^2 / 2 (biased, low variance);
     - ``low_var_kl`` (k3, Schulman 2020): exp(-d) - 1 + d, unbiased and >= 0; clamped to
-      [-10, 10] as in verl, so one wild token cannot dominate.
+      [-10, 10] as in verl, so one wild token cannot dominate (d itself is clamped to [-20, 20]
+      first, also as in verl, so exp(-d) cannot overflow into a NaN gradient).
 
     Args:
         logprobs, ref_logprobs: (B, T).
@@ -133,6 +134,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     if estimator == "k2":
         return 0.5 * d.square()
     if estimator == "low_var_kl":
+        d = d.clamp(-20.0, 20.0)  # as verl: exp(-d) must not overflow (inf * 0 grad = NaN); value unchanged
         return (torch.exp(-d) - 1.0 + d).clamp(-10.0, 10.0)
     raise ValueError(f"unknown KL estimator {estimator!r}; allowed: {', '.join(KL_ESTIMATORS)}")
 
