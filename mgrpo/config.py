@@ -36,7 +36,7 @@ class AlgoConfig:
     """What is optimised. Presets (mgrpo, srt, gt_grpo) live in `mgrpo.algos.registry`."""
 
     name: str = "mgrpo"
-    """Preset name, for grouping in analysis: mgrpo | srt | gt_grpo (or a custom label)."""
+    """Preset name (mgrpo | srt | gt_grpo); analysis groups runs by it."""
     reward: str = "pseudo"
     """Reward source: 'pseudo' (majority vote, label-free) or 'ground_truth' (dataset label)."""
     num_rollouts: int = 10
@@ -85,19 +85,36 @@ class AlgoConfig:
 @dataclass
 class TinyModelConfig:
     """The built-in tiny model: a small Qwen3-architecture LM with a character tokenizer,
-    supervised-trained on the synthetic task into a decent-but-imperfect base model."""
+    supervised-trained on the synthetic arithmetic task into a decent-but-imperfect base model
+    (see `mgrpo.models.tiny`). Every field but `cache_dir` and `eval_size` is part of the cache key."""
 
     hidden_size: int = 64
+    """Width of the residual stream; must be divisible by num_heads."""
     num_layers: int = 3
+    """Transformer blocks."""
     num_heads: int = 4
+    """Attention heads (no grouped KV), each of size hidden_size / num_heads."""
     intermediate_size: int = 192
-    pretrain_steps: int = 600
-    """Supervised steps; chosen so the base model is decent but far from perfect."""
+    """Width of the SwiGLU MLP."""
+    pretrain_steps: int = 1500
+    """Most supervised steps; training normally stops earlier, at target_accuracy."""
     pretrain_batch_size: int = 64
-    pretrain_lr: float = 3e-3
+    """Problems per supervised step (drawn fresh from the training region each step)."""
+    pretrain_lr: float = 2e-3
+    """Constant AdamW learning rate of the supervised phase."""
+    target_accuracy: Optional[float] = 0.4
+    """Stop at the first check where this fraction of the probe set is solved exactly (the
+    recipe's RL phenomenon needs a base near 40%); null trains all pretrain_steps."""
+    check_every: int = 5
+    """Steps between probe checks; accuracy rises ~10 points per 10 steps in the steep phase."""
+    probe_size: int = 256
+    """Training-pool problems (excluded from supervised examples) measured at each check."""
+    eval_size: int = 1000
+    """Held-out problems on which the built model's accuracy is measured and recorded."""
     seed: int = 0
+    """Seed of the initial weights and of the supervised examples' order."""
     cache_dir: str = "~/.cache/mgrpo"
-    """Where built base models are kept; the key is a hash of these settings and the task."""
+    """Where built base models are kept, as tiny-<hash of the settings and the task>."""
 
 
 @dataclass
@@ -109,6 +126,7 @@ class ModelConfig:
     dtype: str = "float32"
     """Policy dtype. The momentum EMA is always kept in float32."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Settings of the built-in model, used when name_or_path is 'tiny'."""
 
 
 @dataclass
@@ -120,13 +138,15 @@ class DataConfig:
     num_operands: int = 3
     """Arithmetic: numbers summed per problem."""
     num_digits: int = 2
-    """Arithmetic: digits per number."""
+    """Arithmetic: digits per number (the first is nonzero)."""
     heldout_size: int = 1000
-    """Problems in the fixed held-out set (arithmetic), or the cap on eval problems (others)."""
+    """Held-out problems: arithmetic, exactly this many (a smaller size gives a subset); jsonl/hf,
+    a cap on eval_path's problems, or the size of the split held out of train_path (at most 20%)."""
     train_path: Optional[str] = None
     """jsonl: training problems file; hf: dataset name."""
     eval_path: Optional[str] = None
-    """jsonl: held-out problems file; hf: dataset name. Defaults to a split of train_path."""
+    """jsonl: held-out problems file; hf: dataset name (split eval_split). null: a seeded split
+    of train_path's problems is held out."""
     split: str = "train"
     """hf: split of the training dataset."""
     eval_split: str = "test"
@@ -134,12 +154,16 @@ class DataConfig:
     problem_key: str = "problem"
     """Field holding the problem text."""
     answer_key: Optional[str] = "answer"
-    """Field holding the gold answer; when absent, the last \\boxed{} of `solution_key`."""
+    """Field holding the gold answer; where it is absent or null (or this key is null), the final
+    answer of solution_key is used."""
     solution_key: str = "solution"
+    """Field whose last \\boxed{} (or '#### x', as in GSM8K) is the gold answer when answer_key
+    gives none; rows with neither are unlabeled (answer None)."""
     prompt_template: str = "{problem}"
-    """Python format string over the problem text, e.g. to ask for a \\boxed{} answer."""
+    """The prompt: '{problem}' is replaced by the problem text; other braces are kept as written,
+    so a template can ask for a \\boxed{} answer without escaping."""
     max_train_problems: Optional[int] = None
-    """Cap on the training pool (null: all)."""
+    """Cap on the training pool (null: all of the file or dataset; 50,000 for arithmetic)."""
     seed: int = 0
     """Seed of the synthetic task and of the train/held-out split."""
 

@@ -160,9 +160,14 @@ class AnswerEquivalence:
         if self._process is None or not self._process.is_alive():
             self._start_worker()
         assert self._conn is not None
-        self._conn.send((gold, pred))
-        if self._conn.poll(self.timeout):
-            return bool(self._conn.recv())
+        try:
+            self._conn.send((gold, pred))
+            if self._conn.poll(self.timeout):
+                return bool(self._conn.recv())
+        except (EOFError, OSError):
+            # The worker died mid-comparison: count it as "not equivalent" and start afresh.
+            self.close()
+            return False
         self.timeouts += 1
         self.close()
         return False
@@ -173,7 +178,11 @@ class AnswerEquivalence:
         self._process = ctx.Process(target=_worker_loop, args=(child,), daemon=True)
         self._process.start()
         child.close()
-        if not parent.poll(_WORKER_START_TIMEOUT) or parent.recv() != "ready":
+        try:
+            ready = parent.poll(_WORKER_START_TIMEOUT) and parent.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
             self._process.kill()
             raise RuntimeError("the math-verify worker process did not start; is math-verify installed?")
         self._conn = parent

@@ -40,7 +40,8 @@ def ema_update_(
     Returns:
         metrics: {"ema_param_distance": L2 distance between the two parameter sets after the step}.
     Raises:
-        ValueError: names or shapes differ, or a momentum tensor is not float32.
+        ValueError: names or shapes differ, or a momentum tensor is not float32; checked for every
+            parameter before any is updated.
     """
     if not 0.0 <= m < 1.0:
         raise ValueError(f"momentum m must be in [0, 1), got {m}")
@@ -50,13 +51,16 @@ def ema_update_(
         missing = sorted(policy.keys() - momentum.keys())[:5]
         extra = sorted(momentum.keys() - policy.keys())[:5]
         raise ValueError(f"momentum and policy parameters differ: missing {missing}, unexpected {extra}")
-    squared_distance = 0.0
+    pairs = []
     for name, k in momentum.items():
         k_local, q_local = _local(k), _local(policy[name])
         if k_local.shape != q_local.shape:
             raise ValueError(f"parameter {name}: momentum shape {tuple(k_local.shape)} != policy {tuple(q_local.shape)}")
         if k_local.dtype != torch.float32:
             raise ValueError(f"parameter {name}: the momentum copy must be float32, got {k_local.dtype}")
+        pairs.append((k_local, q_local))
+    squared_distance = 0.0
+    for k_local, q_local in pairs:
         k_local.lerp_(q_local.float(), 1.0 - m)
         squared_distance += float((k_local - q_local.float()).square().sum())
     return {"ema_param_distance": squared_distance**0.5}

@@ -50,7 +50,8 @@ def logprobs_and_entropy(
         log_p = torch.log_softmax(flat_logits[rows].float() / temperature, dim=-1)
         logprobs[rows] = log_p.gather(-1, flat_tokens[rows].unsqueeze(-1)).squeeze(-1)
         if entropy is not None:
-            entropy[rows] = -(log_p.exp() * log_p).sum(-1)
+            # xlogy-style: a token with probability 0 (a -inf logit) contributes 0, not NaN.
+            entropy[rows] = -torch.where(log_p > -torch.inf, log_p.exp() * log_p, 0.0).sum(-1)
     return logprobs.view(batch, length), None if entropy is None else entropy.view(batch, length)
 
 

@@ -109,7 +109,7 @@ def grpo_advantages(
     weight = members.float()
 
     def group_sum(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(num_groups).index_add_(0, group_index, values * weight)
+        return torch.zeros(num_groups, device=r.device).index_add_(0, group_index, values * weight)
 
     count = group_sum(torch.ones_like(r))
     mean = group_sum(r) / count.clamp(min=1)
@@ -119,8 +119,8 @@ def grpo_advantages(
     std = var.sqrt()
 
     big = torch.finfo(torch.float32).max
-    group_max = torch.full((num_groups,), -big).scatter_reduce(0, group_index, torch.where(members, r, -big), "amax")
-    group_min = torch.full((num_groups,), big).scatter_reduce(0, group_index, torch.where(members, r, big), "amin")
+    group_max = torch.full((num_groups,), -big, device=r.device).scatter_reduce(0, group_index, torch.where(members, r, -big), "amax")
+    group_min = torch.full((num_groups,), big, device=r.device).scatter_reduce(0, group_index, torch.where(members, r, big), "amin")
     constant = (group_max <= group_min) | (dof < 1)
 
     advantages = centred / (std[group_index] + eps)
