@@ -89,7 +89,7 @@ class TinyModelConfig:
     (see `mgrpo.models.tiny`). Every field but `cache_dir` and `eval_size` is part of the cache key."""
 
     hidden_size: int = 64
-    """Width of the residual stream; must be divisible by num_heads."""
+    """Width of the residual stream; a multiple of 2 * num_heads (RoPE needs even head sizes)."""
     num_layers: int = 3
     """Transformer blocks."""
     num_heads: int = 4
@@ -102,9 +102,10 @@ class TinyModelConfig:
     """Problems per supervised step (drawn fresh from the training region each step)."""
     pretrain_lr: float = 2e-3
     """Constant AdamW learning rate of the supervised phase."""
-    target_accuracy: Optional[float] = 0.4
-    """Stop at the first check where this fraction of the probe set is solved exactly (the
-    recipe's RL phenomenon needs a base near 40%); null trains all pretrain_steps."""
+    target_accuracy: Optional[float] = 0.35
+    """Stop at the first check where this fraction of the probe set's worked solutions is
+    reproduced exactly; null trains all pretrain_steps. Greedy final-answer accuracy lands a few
+    points higher (0.39-0.44 held out over seeds 0-3), near the ~40% the RL recipe needs."""
     check_every: int = 5
     """Steps between probe checks; accuracy rises ~10 points per 10 steps in the steep phase."""
     probe_size: int = 256

@@ -1,0 +1,19 @@
+"""Models: the built-in tiny model for the CPU default, and loading of any HF checkpoint.
+
+- `mgrpo.models.tiny`: character tokenizer, tiny Qwen3 LM, and the cached supervised build of
+  a decent-but-imperfect base model (`ensure_tiny_base_model`);
+- `mgrpo.models.loading`: `resolve_model_path`, `load_tokenizer`, `load_causal_lm`.
+"""
+
+from mgrpo.models.loading import ModelLoadError, load_causal_lm, load_tokenizer, resolve_model_path
+from mgrpo.models.tiny import build_tiny_model, build_tiny_tokenizer, ensure_tiny_base_model
+
+__all__ = [
+    "ModelLoadError",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "ensure_tiny_base_model",
+    "load_causal_lm",
+    "load_tokenizer",
+    "resolve_model_path",
+]
