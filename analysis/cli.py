@@ -1,0 +1,134 @@
+"""`mgrpo-analyze`: collapse verdicts, comparison tables and a report for MLflow runs.
+
+    mgrpo-analyze --tracking-uri sqlite:///mlflow.db --experiment mgrpo --sweep-id lr-sweep \\
+        --out reports/lr-sweep
+
+prints the verdict table and the best-vs-final table, writes report.md, PNGs and CSVs to --out,
+and logs them as a report run (tag mgrpo.report=1) in the experiment.
+
+Exit status: 0 when a report was produced (problems such as an unknown sweep id among others,
+or a run without accuracy, are listed in it and on stderr); 1 when nothing matched the selection
+or the report run could not be logged; 2 on bad arguments or an unreadable tracking URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from .detectors import ACCURACY, Thresholds
+from .store import DEFAULT_CACHE_DIR, DEFAULT_TRACKING_URI, Selection, SelectionError, Store, TrackingError
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _thresholds(pairs: Sequence[tuple[str, str]]) -> Thresholds:
+    th = Thresholds()
+    names = [f.name for f in fields(Thresholds)]
+    changes = {}
+    for key, value in pairs:
+        if key not in names:
+            raise ValueError(f"--threshold {key}: unknown; thresholds are {', '.join(names)}")
+        kind = type(getattr(th, key))
+        try:
+            changes[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"--threshold {key}={value!r}: expected a {kind.__name__}") from None
+    return replace(th, **changes)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mgrpo-analyze",
+        description="Detect collapse in M-GRPO / SRT runs logged to MLflow and write a report.",
+        epilog="Thresholds: see mgrpo_analysis.detectors.Thresholds; e.g. --threshold noise_z=4.",
+    )
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
+                   help=f"MLflow tracking URI (default: {DEFAULT_TRACKING_URI})")
+    p.add_argument("--experiment", action="append", required=True, metavar="NAME",
+                   help="experiment name; repeat to pool several")
+    p.add_argument("--sweep-id", action="append", default=[], metavar="ID",
+                   help="only runs with tag mgrpo.sweep_id=ID; repeat for several sweeps")
+    p.add_argument("--filter", default="", metavar="EXPR",
+                   help="MLflow search filter, e.g. \"params.algo.name = 'srt'\"")
+    p.add_argument("--tag", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                   help="only runs with this tag value; repeatable")
+    p.add_argument("--out", type=Path, help="report folder (default: reports/<experiment>)")
+    p.add_argument("--metric", default=ACCURACY, help=f"held-out accuracy metric (default: {ACCURACY})")
+    p.add_argument("--threshold", action="append", default=[], type=_key_value, metavar="NAME=VALUE",
+                   help="override a detector threshold; repeatable")
+    p.add_argument("--no-mlflow-report", action="store_true",
+                   help="do not log the report as a run in the experiment")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                   help=f"curve cache folder (default: {DEFAULT_CACHE_DIR})")
+    p.add_argument("--no-cache", action="store_true", help="read every curve from MLflow")
+    return p
+
+
+def _print_table(title: str, df: pd.DataFrame) -> None:
+    print(f"\n{title}")
+    if df.empty:
+        print("  (none)")
+        return
+    with pd.option_context("display.width", 250, "display.max_colwidth", 70, "display.max_rows", None):
+        text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+        width = {c: int(df[c].astype(str).str.len().max()) for c in text}
+        left = {c: (lambda w: lambda v: f"{v!s:<{w}}")(w) for c, w in width.items()}
+        print(df.to_string(index=False, justify="left", formatters=left))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    from . import report, tables  # after argument parsing, so --help stays fast
+
+    try:
+        thresholds = _thresholds(args.threshold)
+    except ValueError as err:
+        parser().error(str(err))
+    selection = Selection(
+        experiments=tuple(args.experiment), sweep_ids=tuple(args.sweep_id),
+        filter_string=args.filter, tags=tuple(args.tag),
+    )
+    out = args.out or Path("reports") / "".join(c if c.isalnum() or c in "-_." else "_" for c in args.experiment[0])
+    try:
+        store = Store.open(args.tracking_uri)
+        analysis = report.analyze(
+            store, selection, metric=args.metric, thresholds=thresholds,
+            cache_dir=None if args.no_cache else args.cache_dir,
+        )
+    except (TrackingError, SelectionError) as err:
+        print(f"mgrpo-analyze: error: {err}", file=sys.stderr)
+        return 2
+    for message in analysis.messages:
+        print(f"mgrpo-analyze: warning: {message}", file=sys.stderr)
+
+    res = analysis.results
+    _print_table(f"Verdicts ({len(res)} runs, {int(res['collapsed'].sum())} collapsed)", tables.verdict_table(res))
+    _print_table("Best vs final", tables.best_vs_final_table(analysis.best_vs_final))
+    path = report.write(analysis, out)
+    print(f"\nreport: {path}")
+    if res.empty:
+        return 1
+    if not args.no_mlflow_report:
+        name = next(iter(analysis.experiment_ids))
+        try:
+            run_id = report.log_report_run(store, analysis, out)
+        except Exception as err:  # the local report stands; say why MLflow has no copy
+            print(f"mgrpo-analyze: error: could not log the report run to {store.uri}: {err}", file=sys.stderr)
+            return 1
+        print(f"report run: {run_id} in experiment {name!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The loader, the curve cache, the tables and the report, against real SQLite MLflow stores."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from mgrpo_analysis import cli
+from mgrpo_analysis.store import Selection, Store, TrackingError, _assemble
+from mgrpo_analysis.synthetic import RunSpec, log_runs
+
+SWEEP_TAGS = {"mgrpo.sweep_id": "lr", "mgrpo.swept_params": "algo,optim.lr,trainer.seed"}
+
+
+def specs():
+    """2 methods x 2 learning rates x 2 seeds in sweep 'lr' (SRT collapses at the high lr),
+    plus one run of another sweep that never evaluated."""
+    out = [
+        RunSpec(method=m, seed=s, steps=150, eval_every=10, peak_step=40,
+                collapse_to=0.1 if (m, lr) == ("srt", "3e-05") else None,
+                params={"optim.lr": lr}, tags=SWEEP_TAGS, name=f"{m}-{lr}-s{s}")
+        for lr in ("1e-05", "3e-05") for m in ("srt", "mgrpo") for s in (0, 1)
+    ]
+    out.append(RunSpec(method="srt", seed=0, steps=60, evaluate=False, tags={"mgrpo.sweep_id": "noeval"},
+                       name="no-eval"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """A SQLite store with experiment 'exp' filled from `specs`; returns (uri, client)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("exp", artifact_location=(root / "artifacts").as_uri())
+    log_runs(client, exp, specs())
+    return uri, client
+
+
+def test_select_builds_one_row_per_run_with_params_tags_and_status(tracking):
+    uri, _ = tracking
+    store = Store.open(uri)
+    runset = store.select(Selection(("exp",), sweep_ids=("lr",)))
+    runs = runset.runs
+    assert len(runs) == 8 and not runset.messages
+    assert set(runs["method"]) == {"srt", "mgrpo"} and set(runs["seed"]) == {0, 1}
+    assert (runs["status"] == "FINISHED").all() and (runs["sweep_id"] == "lr").all()
+    assert {"params.optim.lr", "params.algo.name", "tags.mgrpo.swept_params"} <= set(runs.columns)
+    srt = store.select(Selection(("exp",), filter_string="params.algo.name = 'srt'")).runs
+    assert set(srt["method"]) == {"srt"} and len(srt) == 5
+    tagged = store.select(Selection(("exp",), tags=(("mgrpo.sweep_id", "noeval"),))).runs
+    assert list(tagged["run_name"]) == ["no-eval"]
+
+
+def test_sql_fast_path_matches_the_client_api(tracking):
+    uri, client = tracking
+    run_id = Store.open(uri).select(Selection(("exp",), sweep_ids=("lr",))).runs["run_id"].iloc[0]
+    # a resumed run re-logs step 5 later: the newest value wins; NaN stays NaN
+    client.log_batch(run_id, metrics=[Metric("train/kl", 123.0, 10**13, 5),
+                                      Metric("train/odd", float("nan"), 10**13, 1)])
+    store = Store.open(uri)
+    runs = store.select(Selection(("exp",), sweep_ids=("lr",))).runs.head(2)
+    sql = store._fetch_sql(list(runs["run_id"]))
+    api = store._fetch_client(list(runs["run_id"]))
+    assert list(sql) == list(api) == list(runs["run_id"])
+    for frame_sql, frame_api in zip(sql.values(), api.values()):
+        pd.testing.assert_frame_equal(frame_sql, frame_api)
+    curves = _assemble(list(runs["run_id"]), sql)
+    assert list(curves.columns) == ["run_id", "step", "metric", "value"]
+    assert len(curves) == 2 * (10 * 150 + 16) + 1
+    kl = curves[(curves["run_id"] == run_id) & (curves["metric"] == "train/kl") & (curves["step"] == 5)]
+    assert list(kl["value"]) == [123.0]
+    assert curves[curves["metric"] == "train/odd"]["value"].isna().all()
+
+
+def test_curves_are_cached_and_new_data_invalidates_only_that_run(tracking, tmp_path, monkeypatch):
+    uri, client = tracking
+    store = Store.open(uri)
+    runs = store.select(Selection(("exp",), sweep_ids=("lr",))).runs
+    fetched = []
+    real = Store._fetch_sql
+
+    def counting(self, run_ids):
+        fetched.append(list(run_ids))
+        return real(self, run_ids)
+
+    monkeypatch.setattr(Store, "_fetch_sql", counting)
+    first = store.curves(runs, tmp_path)
+    assert fetched == [list(runs["run_id"])]
+    assert list(first.columns) == ["run_id", "step", "metric", "value"]
+
+    t0 = time.perf_counter()
+    second = Store.open(uri).curves(runs, tmp_path)
+    warm = time.perf_counter() - t0
+    assert len(fetched) == 1, "a warm cache must not read curves from MLflow"
+    pd.testing.assert_frame_equal(first, second)
+    assert warm < 5
+
+    changed = runs["run_id"].iloc[3]
+    client.log_batch(changed, metrics=[Metric("val/accuracy", 0.5, 10**13, 151)])
+    reopened = Store.open(uri)
+    third = reopened.curves(reopened.select(Selection(("exp",), sweep_ids=("lr",))).runs, tmp_path)
+    assert fetched[1:] == [[changed]]
+    assert 151 in set(third[(third["run_id"] == changed) & (third["metric"] == "val/accuracy")]["step"])
+    assert len(list(tmp_path.rglob(f"{changed}.*.parquet"))) == 1
+
+
+def test_report_end_to_end(tracking, tmp_path, capsys):
+    uri, client = tracking
+    out = tmp_path / "report"
+    code = cli.main(["--tracking-uri", uri, "--experiment", "exp", "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "Verdicts (9 runs" in printed.out and "Best vs final" in printed.out
+    assert "no-eval" in printed.err and "no val/accuracy curve" in printed.err
+
+    for name in ("report.md", "curves.png", "entropy.png", "verdicts.csv", "best_vs_final.csv", "paired.csv"):
+        assert (out / name).is_file(), name
+    for png in ("curves.png", "entropy.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 20_000
+    text = (out / "report.md").read_text()
+    for heading in ("## Problems", "## Verdicts", "## Best vs final", "## Sweep lr", "## Paired differences",
+                    "![Policy entropy"):
+        assert heading in text
+
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    collapsed = verdicts[verdicts["collapsed"]]
+    assert set(zip(collapsed["method"], collapsed["optim.lr"])) == {("srt", 3e-05)}
+    assert sorted(set(verdicts["config"].dropna())) == ["lr: optim.lr=1e-05", "lr: optim.lr=3e-05", "noeval"]
+    paired = pd.read_csv(out / "paired.csv")
+    high = paired[paired["config"] == "lr: optim.lr=3e-05"].iloc[0]
+    assert (high["a"], high["b"], high["n"], high["a_higher"]) == ("mgrpo", "srt", 2, 2)
+
+    reports = client.search_runs([client.get_experiment_by_name("exp").experiment_id],
+                                 "tags.`mgrpo.report` = '1'")
+    assert len(reports) == 1
+    report_run = reports[0]
+    assert report_run.info.status == "FINISHED"
+    assert "# Collapse report" in report_run.data.tags["mlflow.note.content"]
+    artifacts = {a.path for a in client.list_artifacts(report_run.info.run_id)}
+    assert {"report.md", "curves.png", "entropy.png"} <= artifacts
+    again = Store.open(uri).select(Selection(("exp",)))
+    assert report_run.info.run_id not in set(again.runs["run_id"])
+
+
+def test_unknown_experiment_and_sweep_ids_are_reported(tracking, tmp_path, capsys):
+    uri, _ = tracking
+    code = cli.main(["--tracking-uri", uri, "--experiment", "nope", "--out", str(tmp_path / "a"),
+                     "--no-mlflow-report", "--no-cache"])
+    err = capsys.readouterr().err
+    assert code == 1 and "experiment 'nope' not found" in err and "exp" in err
+    assert "not found" in (tmp_path / "a" / "report.md").read_text()
+
+    code = cli.main(["--tracking-uri", uri, "--experiment", "exp", "--sweep-id", "lr", "--sweep-id", "typo",
+                     "--out", str(tmp_path / "b"), "--no-mlflow-report", "--cache-dir", str(tmp_path / "c")])
+    printed = capsys.readouterr()
+    assert code == 0
+    assert "sweep id 'typo' matched no runs" in printed.err and "lr" in printed.err
+    assert "Verdicts (8 runs" in printed.out and (tmp_path / "b" / "curves.png").is_file()
+
+
+def test_bad_filter_and_missing_store_are_errors(tracking, tmp_path, capsys):
+    uri, _ = tracking
+    assert cli.main(["--tracking-uri", uri, "--experiment", "exp", "--filter", "params.x ==== 1",
+                     "--out", str(tmp_path), "--no-mlflow-report"]) == 2
+    assert "filter" in capsys.readouterr().err
+    missing = f"sqlite:///{tmp_path / 'absent.db'}"
+    with pytest.raises(TrackingError, match="absent.db"):
+        Store.open(missing)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_unreachable_tracking_server_fails_fast_naming_the_uri(tmp_path):
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "mgrpo_analysis.cli", "--tracking-uri", "http://127.0.0.1:9",
+         "--experiment", "exp", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "http://127.0.0.1:9" in done.stderr and "Traceback" not in done.stderr
+    assert time.perf_counter() - t0 < 20
+    assert not Path(tmp_path, "report.md").exists()
