@@ -1,0 +1,1 @@
+"""Small Hydra apps and helpers for testing launchers and sweepers without the trainer."""
