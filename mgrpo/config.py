@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 
 from mgrpo.algos.registry import ALGORITHM_PRESETS, REWARD_SOURCES
 from mgrpo.algos.losses import KL_ESTIMATORS, LOSS_AGG_MODES
+from mgrpo.sweeps import ResourcesConfig, SlurmSiteConfig
 
 ENTROPY_ESTIMATORS = ("full", "sampled")
 STD_MODES = ("population", "unbiased")
@@ -275,6 +276,10 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    """Job size on a cluster (conf/resources/); unused by cluster=local."""
+    slurm: SlurmSiteConfig = field(default_factory=SlurmSiteConfig)
+    """SLURM site settings (git-ignored conf/local/ or MGRPO_SLURM_* variables)."""
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:

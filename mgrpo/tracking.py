@@ -42,6 +42,23 @@ def resolve_tracking_uri(uri: str, base_dir: Path) -> str:
     return uri
 
 
+def artifact_location(uri: str) -> Optional[str]:
+    """Where a new experiment's artifacts go: beside a SQLite store (`<db dir>/mlartifacts`),
+    rather than MLflow's default `./mlruns` under whatever directory the job happened to start in.
+    None (the server's choice) for other stores."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def get_or_create_experiment(client, uri: str, name: str) -> str:
+    """The id of experiment `name`, created (with `artifact_location(uri)`) when missing."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(uri))
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     """Nested dicts/lists -> {"a.b.c": "value"}; values are strings cut to MLflow's limit."""
     items: dict[str, str] = {}
@@ -185,8 +202,7 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
         client = self._client
         if self.run_id is None:
-            experiment = client.get_experiment_by_name(self.experiment)
-            experiment_id = experiment.experiment_id if experiment else client.create_experiment(self.experiment)
+            experiment_id = get_or_create_experiment(client, self.uri, self.experiment)
             run = client.create_run(experiment_id, run_name=self.run_name)
             self.run_id = run.info.run_id
             self._run_checked = True

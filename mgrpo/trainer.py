@@ -17,6 +17,7 @@ import copy
 import json
 import logging
 import math
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
+import transformers
 
 from mgrpo import checkpoint as ckpt
 from mgrpo.algos.answers import AnswerEquivalence, extract_answer
@@ -228,6 +230,7 @@ class Trainer:
         self.output_dir = output_dir
         self.tracker = tracker
         torch.set_num_threads(cfg.trainer.num_threads)
+        transformers.utils.logging.disable_progress_bar()
         device = cfg.trainer.device
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
         self.data = load_task(cfg.data)
@@ -483,7 +486,11 @@ class Trainer:
     def fit(self) -> float:
         t = self.cfg.trainer
         if self.finished or self.step >= t.total_steps:
-            log.info("run in %s already finished at step %d", self.output_dir, self.step)
+            print(
+                f"[mgrpo] the run in {self.output_dir} already finished at step {self.step}; nothing to do "
+                "(use another trainer.output_dir, or other overrides, for a new run)",
+                file=sys.stderr,
+            )
             return self.objective()
         if self.step == 0:
             self.log_metrics(self.evaluate(0), 0)

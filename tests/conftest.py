@@ -15,3 +15,10 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """A cache directory for tiny base models shared by the session's trainer tests: the first
+    test builds the default base model (about a minute of CPU), the rest reuse it."""
+    return tmp_path_factory.mktemp("tiny_cache")

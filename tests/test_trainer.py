@@ -172,7 +172,7 @@ def test_bad_config_fails_before_work_with_the_key_named(tmp_path):
         "algo.momentum=1.0": "algo.momentum",
         "algo.iqr_k=-1": "algo.iqr_k",
         "algo.num_rollouts=1": "algo.num_rollouts",
-        "algo.num_momentum_rollouts=8": "algo.num_momentum_rollouts",
+        "algo.num_momentum_rollouts=10": "algo.num_momentum_rollouts",
         "rollout.temperature=0": "rollout.temperature",
         "optim.lr=0": "optim.lr",
         f"model.name_or_path={tmp_path}/missing_model": "model.name_or_path",
