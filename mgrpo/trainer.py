@@ -44,18 +44,12 @@ from mgrpo.rollout import make_engine
 from mgrpo.rollout.base import Rollouts
 from mgrpo.tasks import Problem, load_task
 from mgrpo.tracking import Tracker, flatten
+from mgrpo_analysis.detectors import ACCURACY, USED_METRICS
 
 log = logging.getLogger(__name__)
 
-MONITORED = (
-    "val/accuracy",
-    "train/pseudo_reward",
-    "train/true_accuracy",
-    "train/label_accuracy",
-    "train/entropy",
-    "train/vote_share",
-    "train/zero_std_frac",
-)
+MONITORED = (ACCURACY, *USED_METRICS)
+"""The curves the online collapse monitor reads (kept in memory and in checkpoints)."""
 FINGERPRINT_EXCLUDE = {
     "trainer.eval_every",
     "trainer.checkpoint_every",
@@ -458,7 +452,7 @@ class Trainer:
         mon = self.cfg.monitor
         if not mon.enabled or step % mon.every != 0:
             return False
-        from mgrpo_analysis.monitor import Thresholds, check_history
+        from mgrpo_analysis.monitor import Thresholds, check_history  # pandas, only when monitoring
 
         heldout_size = min(len(self.data.heldout), self.cfg.trainer.eval_size or len(self.data.heldout))
         verdict = check_history(self.history, Thresholds(heldout_size=heldout_size))
