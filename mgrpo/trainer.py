@@ -45,6 +45,7 @@ from mgrpo.rollout.base import Rollouts
 from mgrpo.tasks import Problem, load_task
 from mgrpo.tracking import Tracker, flatten
 from mgrpo_analysis.detectors import ACCURACY, USED_METRICS
+from mgrpo_analysis.monitor import Thresholds, check_history
 
 log = logging.getLogger(__name__)
 
@@ -452,8 +453,6 @@ class Trainer:
         mon = self.cfg.monitor
         if not mon.enabled or step % mon.every != 0:
             return False
-        from mgrpo_analysis.monitor import Thresholds, check_history  # pandas, only when monitoring
-
         heldout_size = min(len(self.data.heldout), self.cfg.trainer.eval_size or len(self.data.heldout))
         verdict = check_history(self.history, Thresholds(heldout_size=heldout_size))
         tags = verdict.tags()
