@@ -254,11 +254,9 @@ def write_sweep_info(config: DictConfig) -> dict[str, Any]:
 def ensure_mlflow_experiment(uri: str, experiment: str) -> str:
     """Create the MLflow store (schema migrations) and the experiment if missing; return its id.
 
-    For a SQLite store this runs under a file lock keyed by the database's path (kept in the temp
-    dir, not beside the database), so two sweeps started at once do not migrate one new file
-    together.
+    For a SQLite store this runs under one machine-wide file lock (in the temp dir, not beside
+    the database), so two sweeps started at once do not migrate one new file together.
     """
-    import hashlib
     import tempfile
 
     from filelock import FileLock
@@ -270,10 +268,8 @@ def ensure_mlflow_experiment(uri: str, experiment: str) -> str:
         return found.experiment_id if found else client.create_experiment(experiment)
 
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha1(str(db.resolve()).encode()).hexdigest()[:16]
-        with FileLock(str(Path(tempfile.gettempdir()) / f"mgrpo-mlflow-{key}.lock")):
+        Path(uri[len("sqlite:///") :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(Path(tempfile.gettempdir()) / "mgrpo-mlflow-store.lock")):
             return create()
     return create()
 
