@@ -292,10 +292,10 @@ def test_tokenizer_without_pad_uses_eos_and_model_loads_in_dtype(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_default_base_model_is_decent_but_imperfect_and_diverse(tmp_path):
+def test_default_base_model_is_decent_but_imperfect_and_diverse(tiny_cache):
     """The default build (about a minute on one free core) lands in the band the RL phenomenon
     needs: 30-50% greedy held-out accuracy, and samples at temperature 1 that disagree."""
-    tiny, data = replace(TinyModelConfig(), cache_dir=str(tmp_path)), DataConfig()
+    tiny, data = replace(TinyModelConfig(), cache_dir=str(tiny_cache)), DataConfig()
     path = resolve_model_path(ModelConfig(tiny=tiny), data)
     report = json.loads((Path(path) / MARKER).read_text())
     assert report["pretrain"]["reached_target"]
