@@ -152,8 +152,13 @@ def update_phase(
     advantages: torch.Tensor,
     members: torch.Tensor,
     cfg: Config,
+    shuffle_seed: int = 0,
 ) -> dict[str, float]:
-    """Clipped PG (+ KL) over the kept policy samples: epochs x mini-batches x micro-batches."""
+    """Clipped PG (+ KL) over the kept policy samples: epochs x mini-batches x micro-batches.
+
+    With one mini-batch per epoch (the default) this is a single on-policy gradient step, where
+    the importance ratio is 1 and clipping is inactive; with several, samples are shuffled into
+    mini-batches with `shuffle_seed` and later ones are off-policy."""
     a, o = cfg.algo, cfg.optim
     loss_mask = rollouts.response_mask & members.unsqueeze(-1)
     trainable = torch.nonzero(loss_mask.any(-1)).squeeze(-1)
@@ -163,7 +168,7 @@ def update_phase(
     device = next(model.parameters()).device
     model.train()
     updates = 0
-    generator = torch.Generator().manual_seed(int(old_logprobs.numel()))
+    generator = torch.Generator().manual_seed(shuffle_seed)
     for _ in range(a.ppo_epochs):
         order = trainable[torch.randperm(trainable.numel(), generator=generator)] if a.mini_batches > 1 else trainable
         for mini in order.chunk(a.mini_batches):
@@ -372,7 +377,17 @@ class Trainer:
             advantages, adv_metrics = grpo_advantages(policy_rewards, policy_ro.group_ids, members, a.adv_eps, a.adv_std)
 
         with timed(metrics, "update"):
-            update = update_phase(self.policy, self.optimizer, policy_ro, policy_scores.logprobs, ref_logprobs, advantages, members, cfg)
+            update = update_phase(
+                self.policy,
+                self.optimizer,
+                policy_ro,
+                policy_scores.logprobs,
+                ref_logprobs,
+                advantages,
+                members,
+                cfg,
+                shuffle_seed=stream_seed(cfg.trainer.seed, step, 3),
+            )
             self.scheduler.step()
 
         with timed(metrics, "ema"):
