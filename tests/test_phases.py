@@ -59,22 +59,23 @@ def test_score_phase_matches_a_direct_forward_and_entropy_estimators(tiny):
     full = score_phase(model, ro, 1.3, chunk_size=2, entropy_estimator="full")
     sampled = score_phase(model, ro, 1.3, chunk_size=64, entropy_estimator="sampled")
     assert torch.allclose(full.logprobs, sampled.logprobs, atol=1e-5)
-    # Direct computation for row 0, one token at a time, without padding.
-    row = 0
+    # Direct computation without padding, for an unpadded row (0) and a left-padded one (3).
     P = ro.prompt_length
-    real = ro.attention_mask[row].bool()
-    ids = ro.sequences[row][real]
-    with torch.no_grad():
-        logits = model(input_ids=ids.unsqueeze(0)).logits[0] / 1.3
-    n_prompt = int(ro.attention_mask[row, :P].sum())
-    logp = torch.log_softmax(logits, -1)
-    response = ids[n_prompt:]
-    expected = logp[n_prompt - 1 : -1].gather(-1, response.unsqueeze(-1)).squeeze(-1)
-    got = full.logprobs[row][ro.response_mask[row]]
-    assert torch.allclose(got, expected, atol=1e-4)
-    token_entropy = -(logp.exp() * logp).sum(-1)[n_prompt - 1 : -1]
-    assert math.isclose(float(full.entropy[row]), float(token_entropy.mean()), rel_tol=1e-4)
-    assert math.isclose(float(sampled.entropy[row]), float(-expected.mean()), rel_tol=1e-4)
+    for row in (0, 3):
+        real = ro.attention_mask[row].bool()
+        ids = ro.sequences[row][real]
+        with torch.no_grad():
+            logits = model(input_ids=ids.unsqueeze(0)).logits[0] / 1.3
+        n_prompt = int(ro.attention_mask[row, :P].sum())
+        logp = torch.log_softmax(logits, -1)
+        response = ids[n_prompt:]
+        expected = logp[n_prompt - 1 : -1].gather(-1, response.unsqueeze(-1)).squeeze(-1)
+        got = full.logprobs[row][ro.response_mask[row]]
+        assert torch.allclose(got, expected, atol=1e-4)
+        token_entropy = -(logp.exp() * logp).sum(-1)[n_prompt - 1 : -1]
+        assert math.isclose(float(full.entropy[row]), float(token_entropy.mean()), rel_tol=1e-4)
+        assert math.isclose(float(sampled.entropy[row]), float(-expected.mean()), rel_tol=1e-4)
+    assert int(ro.attention_mask[3, :P].sum()) < P, "row 3 should be left-padded"
 
 
 def test_filter_and_vote_phases_use_pooled_groups():
