@@ -50,34 +50,47 @@ def test_grid_multirun_on_slurm(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(150)
 def test_interrupted_jobs_are_requeued_and_resume(tmp_path: Path) -> None:
-    """Job 0 hits its time limit: submitit's `_interrupt(timeout=True)` sends USR2 as SLURM does
+    """One job hits its time limit: submitit's `_interrupt(timeout=True)` sends USR2 as SLURM does
     before the limit, and with a 1-minute limit submitit counts it as a timeout. The launcher's
-    checkpoint() resubmits the same job, which the slurm preset allows (max_num_timeout > 0). Job 1
-    is requeued by SLURM itself (`scontrol requeue`). Both restart in the same output dir and
-    continue from their state: every step is done exactly once. (Preemption: test_slurm_trainer.)"""
+    checkpoint() resubmits the same job, which the slurm preset allows (max_num_timeout > 0).
+    Another is requeued by SLURM itself (`scontrol requeue`). Both restart in the same output dir
+    and continue from their state: every step is done exactly once. (Preemption:
+    test_slurm_trainer.py.) Two one-job sweeps, because SLURM refuses to signal a task of an array
+    whose other tasks are pending."""
     import submitit
 
-    sweep = tmp_path / "sweep"
-    proc = start_app(["-m", "x=0,1", "steps=10", "step_seconds=0.5", "cluster=slurm", "hydra.sweep.dir=sweep",
-                      "resources.timeout_min=1", "hydra.launcher.signal_delay_s=15"], tmp_path)
+    sweeps = {"timeout": tmp_path / "timeout", "requeue": tmp_path / "requeue"}
+    procs = {
+        name: start_app(["-m", "steps=10", "step_seconds=0.5", "cluster=slurm", f"hydra.sweep.dir={sweep}",
+                         "resources.timeout_min=1", "hydra.launcher.signal_delay_s=15"], tmp_path)
+        for name, sweep in sweeps.items()
+    }
+
+    def running_job(sweep: Path) -> str:
+        """The SLURM id of the sweep's job once it has done a step, checking it has steps left."""
+        wait_for(lambda: (sweep / "0" / "state.json").exists(), 90, f"the job of {sweep.name} to start")
+        assert len(read_json(sweep / "0" / "state.json")["done"]) < 10, f"{sweep.name}: finished before the interrupt"
+        return read_json(sweep / "0" / "job.json")["job_id"]
+
     try:
-        wait_for(lambda: all((sweep / n / "state.json").exists() for n in ("0", "1")), 60, "both jobs to start")
-        job0 = read_json(sweep / "0" / "job.json")["job_id"]
-        job1 = read_json(sweep / "1" / "job.json")["job_id"]
-        submitit.SlurmJob(str(sweep / ".submitit" / "%j"), job0)._interrupt(timeout=True)
-        subprocess.run(["scontrol", "requeue", job1], check=True)
-        output, _ = proc.communicate(timeout=120)
+        jobs = {"timeout": running_job(sweeps["timeout"])}
+        submitit.SlurmJob(str(sweeps["timeout"] / ".submitit" / "%j"), jobs["timeout"])._interrupt(timeout=True)
+        jobs["requeue"] = running_job(sweeps["requeue"])
+        subprocess.run(["scontrol", "requeue", jobs["requeue"]], check=True)
+        outputs = {name: proc.communicate(timeout=120)[0] for name, proc in procs.items()}
     finally:
-        proc.kill()
-    assert proc.returncode == 0, output
-    assert "this job is timed-out" in (sweep / ".submitit" / job0 / f"{job0}_0_log.err").read_text()
-    for num, job_id in (("0", job0), ("1", job1)):
-        attempts = [line for line in (sweep / num / "attempts.jsonl").read_text().splitlines() if line]
-        assert len(attempts) == 2, attempts
-        assert [json.loads(a)["restart"] for a in attempts] == ["0", "1"]
-        assert {json.loads(a)["job_id"] for a in attempts} == {job_id}
-        assert read_json(sweep / num / "state.json")["done"] == list(range(10))
-        assert (sweep / num / "result.json").exists()
+        for proc in procs.values():
+            proc.kill()
+    for name, proc in procs.items():
+        assert proc.returncode == 0, outputs[name]
+    job = jobs["timeout"]
+    assert "this job is timed-out" in (sweeps["timeout"] / ".submitit" / job / f"{job}_0_log.err").read_text()
+    for name, sweep in sweeps.items():
+        attempts = [json.loads(line) for line in (sweep / "0" / "attempts.jsonl").read_text().splitlines() if line]
+        assert [a["restart"] for a in attempts] == ["0", "1"], (name, attempts)
+        assert {a["job_id"] for a in attempts} == {jobs[name]}
+        assert read_json(sweep / "0" / "state.json")["done"] == list(range(10))
+        assert (sweep / "0" / "result.json").exists()
 
 
 @pytest.mark.timeout(150)
