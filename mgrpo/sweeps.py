@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 # Stores `hydra/sweeper: mgrpo_optuna` in Hydra's ConfigStore, so `hparams_search=...` composes
 # even when Hydra's plugin scan cannot see the plugin (see register_hydra_plugins).
 import hydra_plugins.mgrpo_optuna_sweeper.config  # noqa: F401
-from mgrpo.tracking import resolve_tracking_uri
+from mgrpo.tracking import get_or_create_experiment, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,8 @@ def write_sweep_info(config: DictConfig) -> dict[str, Any]:
 
 # ---- MLflow ------------------------------------------------------------------------------------
 def ensure_mlflow_experiment(uri: str, experiment: str) -> str:
-    """Create the MLflow store (schema migrations) and the experiment if missing; return its id.
+    """Create the MLflow store (schema migrations) and the experiment if missing, as the trainer
+    would (same artifact location); return its id.
 
     For a SQLite store this runs under one machine-wide file lock (in the temp dir, not beside
     the database), so two sweeps started at once do not migrate one new file together.
@@ -263,9 +264,7 @@ def ensure_mlflow_experiment(uri: str, experiment: str) -> str:
     from mlflow.tracking import MlflowClient
 
     def create() -> str:
-        client = MlflowClient(tracking_uri=uri)
-        found = client.get_experiment_by_name(experiment)
-        return found.experiment_id if found else client.create_experiment(experiment)
+        return get_or_create_experiment(MlflowClient(tracking_uri=uri), uri, experiment)
 
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :].split("?", 1)[0]).parent.mkdir(parents=True, exist_ok=True)

@@ -190,8 +190,8 @@ def test_read_sweep_info(tmp_path: Path) -> None:
 # ---- end to end, local launcher ----------------------------------------------------------------
 def test_local_grid_multirun(tmp_path: Path) -> None:
     """2 x 2 through Hydra's basic launcher: every job runs in its own directory of the sweep; the
-    callback writes the sweep's identity and creates the MLflow store, a relative sqlite path
-    being taken from the launch directory; each job tags its run with the sweep."""
+    callback writes the sweep's identity and creates the MLflow store and experiment, a relative
+    sqlite path being taken from the launch directory; each job tags its run with the sweep."""
     out = run_app(
         ["-m", "x=0,1", "y=0,1", "hydra.sweep.dir=sweep", "tracking.enabled=true", "tracking.uri=sqlite:///mlflow.db"],
         cwd=tmp_path,
@@ -207,7 +207,9 @@ def test_local_grid_multirun(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("dummy").experiment_id])
+    experiment = client.get_experiment_by_name("dummy")
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()  # as the trainer creates it
+    runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 4
     assert {r.data.tags["mgrpo.sweep_id"] for r in runs} == {info["sweep_id"]}
     assert {r.data.tags["mgrpo.swept_params"] for r in runs} == {"x,y"}
