@@ -168,6 +168,8 @@ def test_kill_and_resume_continues_the_same_run(tiny_cache, tmp_path):
 
 
 def test_bad_config_fails_before_work_with_the_key_named(tmp_path):
+    from mgrpo.config import ConfigError, validate
+
     cases = {
         "algo.momentum=1.0": "algo.momentum",
         "algo.iqr_k=-1": "algo.iqr_k",
@@ -178,10 +180,14 @@ def test_bad_config_fails_before_work_with_the_key_named(tmp_path):
         f"model.name_or_path={tmp_path}/missing_model": "model.name_or_path",
     }
     for override, key in cases.items():
-        result = cli([override, f"trainer.output_dir={tmp_path}/out", "tracking.enabled=false"], cwd=tmp_path, timeout=120)
-        assert result.returncode == 2, (override, result.stderr[-2000:])
-        assert key in result.stderr, (override, result.stderr[-2000:])
-        assert not (tmp_path / "out" / "checkpoints").exists()
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(compose_config([override]))
+
+    # As a user sees it: exit status 2, the key named, no output written.
+    result = cli(["algo.momentum=1.5", f"trainer.output_dir={tmp_path}/out"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "algo.momentum=1.5 is invalid" in result.stderr and "[0, 1)" in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
     unknown = cli(["algo=ppo_magic", "tracking.enabled=false"], cwd=tmp_path, timeout=120)
     assert unknown.returncode != 0
     assert "algo" in unknown.stderr and "mgrpo" in unknown.stderr
