@@ -48,6 +48,9 @@ def test_grid_multirun_on_slurm(tmp_path: Path) -> None:
     assert (sweep / ".submitit" / f"{array.pop()}_0").is_dir()
 
 
+STEPS = 20  # of 0.5 s each
+
+
 @pytest.mark.timeout(150)
 def test_interrupted_jobs_are_requeued_and_resume(tmp_path: Path) -> None:
     """One job hits its time limit: submitit's `_interrupt(timeout=True)` sends USR2 as SLURM does
@@ -61,15 +64,17 @@ def test_interrupted_jobs_are_requeued_and_resume(tmp_path: Path) -> None:
 
     sweeps = {"timeout": tmp_path / "timeout", "requeue": tmp_path / "requeue"}
     procs = {
-        name: start_app(["-m", "steps=10", "step_seconds=0.5", "cluster=slurm", f"hydra.sweep.dir={sweep}",
+        name: start_app(["-m", f"steps={STEPS}", "step_seconds=0.5", "cluster=slurm", f"hydra.sweep.dir={sweep}",
                          "resources.timeout_min=1", "hydra.launcher.signal_delay_s=15"], tmp_path)
         for name, sweep in sweeps.items()
     }
 
     def running_job(sweep: Path) -> str:
-        """The SLURM id of the sweep's job once it has done a step, checking it has steps left."""
+        """The SLURM id of the sweep's job once it has done a step, checking it has seconds of work
+        left, so the interrupt lands while it runs even on a loaded machine."""
         wait_for(lambda: (sweep / "0" / "state.json").exists(), 90, f"the job of {sweep.name} to start")
-        assert len(read_json(sweep / "0" / "state.json")["done"]) < 10, f"{sweep.name}: finished before the interrupt"
+        done = len(read_json(sweep / "0" / "state.json")["done"])
+        assert done < STEPS // 2, f"{sweep.name}: {done} of {STEPS} steps done before the interrupt"
         return read_json(sweep / "0" / "job.json")["job_id"]
 
     try:
@@ -89,7 +94,7 @@ def test_interrupted_jobs_are_requeued_and_resume(tmp_path: Path) -> None:
         attempts = [json.loads(line) for line in (sweep / "0" / "attempts.jsonl").read_text().splitlines() if line]
         assert [a["restart"] for a in attempts] == ["0", "1"], (name, attempts)
         assert {a["job_id"] for a in attempts} == {jobs[name]}
-        assert read_json(sweep / "0" / "state.json")["done"] == list(range(10))
+        assert read_json(sweep / "0" / "state.json")["done"] == list(range(STEPS))
         assert (sweep / "0" / "result.json").exists()
 
 
