@@ -1,0 +1,71 @@
+"""`mgrpo-analyze` on a SQLite MLflow store filled by real training runs of the tiny model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from mgrpo_analysis.store import Selection, Store
+from tests.test_trainer import fast_overrides
+from tests.trainer_helpers import train
+
+
+@pytest.fixture(scope="module")
+def real_store(tiny_cache, tmp_path_factory):
+    root = tmp_path_factory.mktemp("real_runs")
+    uri = f"sqlite:///{root}/mlflow.db"
+    for algo in ("mgrpo", "srt"):
+        for seed in (0, 1):
+            train(
+                fast_overrides(tiny_cache, uri, "real", f"algo={algo}", f"trainer.seed={seed}", "trainer.total_steps=4"),
+                root / f"{algo}-{seed}",
+            )
+    return root, uri
+
+
+def test_loader_reads_what_the_trainer_logged(real_store):
+    root, uri = real_store
+    store = Store.open(uri)
+    runset = store.select(Selection(experiments=("real",)))
+    runs = runset.runs
+    assert len(runs) == 4
+    assert sorted(zip(runs["method"], runs["seed"])) == [("mgrpo", 0), ("mgrpo", 1), ("srt", 0), ("srt", 1)]
+    assert set(runs["status"]) == {"FINISHED"}
+
+    curves = store.curves(runs, cache_dir=root / "cache")
+    client = MlflowClient(uri)
+    for run_id in runs["run_id"]:
+        for key in ("val/accuracy", "train/pseudo_reward", "train/entropy"):
+            expected = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+            got = curves[(curves.run_id == run_id) & (curves.metric == key)].sort_values("step")
+            assert list(got.step) == [s for s, _ in expected]
+            assert list(got.value) == pytest.approx([v for _, v in expected])
+    momentum_runs = set(curves[curves.metric == "train/entropy_momentum"].run_id)
+    assert momentum_runs == set(runs[runs.method == "mgrpo"].run_id)
+
+    again = store.curves(runs, cache_dir=root / "cache")
+    assert again.sort_values(["run_id", "metric", "step"]).reset_index(drop=True).equals(
+        curves.sort_values(["run_id", "metric", "step"]).reset_index(drop=True)
+    )
+
+
+def test_cli_report_on_real_runs(real_store):
+    root, uri = real_store
+    out = root / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "mgrpo_analysis.cli", "--tracking-uri", uri, "--experiment", "real", "--out", str(out),
+         "--cache-dir", str(root / "cache2")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "report.md").exists() and (out / "curves.png").stat().st_size > 10_000
+    assert "mgrpo" in result.stdout and "srt" in result.stdout
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("real")
+    reports = client.search_runs([exp.experiment_id], "tags.`mgrpo.report` = '1'")
+    assert len(reports) == 1
+    artifacts = {a.path for a in client.list_artifacts(reports[0].info.run_id)}
+    assert "report.md" in artifacts or any(p.endswith("report.md") for p in artifacts)
