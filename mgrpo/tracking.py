@@ -168,6 +168,12 @@ class Tracker:
             time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
 
     @property
+    def pending_count(self) -> int:
+        """Records (metric points, params, tags, artifacts) not yet in the store."""
+        p = self.pending
+        return len(p.metrics) + len(p.params) + len(p.tags) + len(p.artifacts)
+
+    @property
     def url_hint(self) -> str:
         if self.uri.startswith("sqlite:///"):
             return f"mlflow ui --backend-store-uri {self.uri}"

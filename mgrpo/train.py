@@ -109,7 +109,13 @@ def run(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, s
         tracker.finish(status, wait_seconds=min(60.0, cfg.tracking.retry_seconds) if status == "FINISHED" else 0.0)
         trainer.equivalent.close()
     print(f"[mgrpo] done: objective ({cfg.trainer.objective}) = {objective:.4f}; outputs in {output_dir}", file=sys.stderr)
-    if cfg.tracking.enabled:
+    if cfg.tracking.enabled and tracker.pending_count:
+        print(
+            f"[mgrpo] {tracker.pending_count} tracking records could not reach {uri} and are kept in "
+            f"{output_dir}; rerun this command once the store is reachable to send them",
+            file=sys.stderr,
+        )
+    elif cfg.tracking.enabled:
         print(f"[mgrpo] MLflow run {tracker.run_id}: {tracker.url_hint}", file=sys.stderr)
     return objective
 

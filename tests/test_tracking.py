@@ -110,29 +110,45 @@ def test_store_down_at_start_and_mid_run_loses_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_survives_a_tracking_server_that_comes_up_late(tiny_cache, tmp_path):
-    """A real run whose tracking server is down at start and comes up mid-run logs every step."""
+def test_training_with_the_tracking_server_down_loses_nothing(tiny_cache, tmp_path):
+    """Real runs: one whose server is down from the start, one whose server dies mid-run. Both
+    train to the end; once the server is back, rerunning the same command sends what was kept in
+    the checkpoint, into the same run, each step exactly once."""
     from tests.test_trainer import fast_overrides
     from tests.trainer_helpers import cli
 
     server = MlflowServer(tmp_path / "server.db", free_port())
-    args = fast_overrides(tiny_cache, server.uri, "late", "trainer.total_steps=6", "tracking.retry_seconds=1",
-                          f"trainer.output_dir={tmp_path}/run")
-    proc = subprocess.Popen([sys.executable, "-m", "mgrpo.train", *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    common = ["trainer.total_steps=6", "tracking.retry_seconds=1"]
+
+    def command(name: str) -> list[str]:
+        return [*fast_overrides(tiny_cache, server.uri, name, *common), f"trainer.output_dir={tmp_path}/{name}"]
+
+    down_from_start = cli(command("down_at_start"), cwd=tmp_path)
+    assert down_from_start.returncode == 0, down_from_start.stderr[-3000:]
+    assert "unreachable" in down_from_start.stdout + down_from_start.stderr
+
+    server.start()
     try:
+        proc = subprocess.Popen([sys.executable, "-m", "mgrpo.train", *command("down_mid_run")], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300
-        while not (tmp_path / "run" / "checkpoints" / "step_000002").exists():
+        while not (tmp_path / "down_mid_run" / "checkpoints" / "step_000002").exists():
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.time() < deadline
-            time.sleep(0.1)
-        server.start()
+            time.sleep(0.05)
+        server.stop()
         assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
-        client = MlflowClient(server.uri)
-        run = client.search_runs([client.get_experiment_by_name("late").experiment_id])[0]
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
-        assert steps == [1, 2, 3, 4, 5, 6]
-        assert run.info.status == "FINISHED"
+
+        server.start()
+        for name in ("down_at_start", "down_mid_run"):
+            again = cli(command(name), cwd=tmp_path)
+            assert again.returncode == 0 and "already finished" in again.stderr, again.stderr[-3000:]
+            client = MlflowClient(server.uri)
+            runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+            assert len(runs) == 1, name
+            steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss"))
+            assert steps == [1, 2, 3, 4, 5, 6], name
+            assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val/accuracy")) == [0, 2, 4, 6]
+            assert runs[0].info.status == "FINISHED"
     finally:
-        proc.kill()
         server.stop()
