@@ -248,3 +248,23 @@ def test_default_config_composes_and_validates():
     assert cfg.algo.name == "mgrpo" and cfg.algo.resolved_num_momentum_rollouts() == cfg.algo.num_rollouts // 4
     srt = compose_config(["algo=srt"])
     assert srt.algo.resolved_num_momentum_rollouts() == 0 and srt.algo.iqr_k is None
+
+
+@pytest.mark.slow
+def test_local_multirun_over_momentum_and_iqr_k(tiny_cache, tmp_path):
+    """`mgrpo-train -m` over (m, k) on the basic launcher: four finished runs in one MLflow
+    experiment, each tagged with the sweep id and carrying its swept values as params."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [a for a in fast_overrides(tiny_cache, uri, "local_sweep", "trainer.total_steps=2") if not a.startswith("algo.num_rollouts")]
+    result = cli(["-m", *args, "algo.momentum=0.9,0.99", "algo.iqr_k=0.5,null", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("local_sweep").experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["mgrpo.sweep_id"] for r in runs}) == 1
+    assert set(runs[0].data.tags["mgrpo.swept_params"].split(",")) == {"algo.momentum", "algo.iqr_k"}
+    grid = sorted((r.data.params["algo.momentum"], r.data.params["algo.iqr_k"]) for r in runs)
+    assert grid == [("0.9", "0.5"), ("0.9", "None"), ("0.99", "0.5"), ("0.99", "None")]
