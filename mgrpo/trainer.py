@@ -466,7 +466,7 @@ class Trainer:
     def monitor(self, step: int) -> bool:
         """Run the collapse detectors on the curves so far; True when the run should stop."""
         mon = self.cfg.monitor
-        if not mon.enabled or step % mon.every != 0:
+        if not mon.enabled or (step % mon.every != 0 and step != self.cfg.trainer.total_steps):
             return False
         heldout_size = min(len(self.data.heldout), self.cfg.trainer.eval_size or len(self.data.heldout))
         verdict = check_history(self.history, Thresholds(heldout_size=heldout_size))
