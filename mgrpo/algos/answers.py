@@ -16,6 +16,7 @@ and ``0.5`` are different answers there. Here they are one answer.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import re
 import threading
@@ -197,10 +198,8 @@ class AnswerEquivalence:
         self._process, self._conn = None, None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit, modules may already be gone
             self.close()
-        except Exception:
-            pass
 
 
 _default: Optional[AnswerEquivalence] = None
