@@ -120,7 +120,8 @@ def _legend(fig: Figure, colors: dict[str, str], marker_label: str) -> None:
                for m, c in colors.items()]
     handles.append(Line2D([], [], color="grey", lw=0.7, alpha=0.6, label="one seed"))
     handles.append(Line2D([], [], color="grey", marker="X", ms=8, mec="black", ls="none", label=marker_label))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=9)
+    # Two columns: a single row of four entries is wider than a one-panel figure.
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(2, len(handles)), frameon=False, fontsize=9)
 
 
 def plot_curves(res: pd.DataFrame, curves: pd.DataFrame, path: Path, title: str,
