@@ -62,6 +62,7 @@ FINGERPRINT_EXCLUDE = {
     "trainer.progress",
     "trainer.objective",
     "trainer.objective_drop_penalty",
+    "model.tiny.cache_dir",
     "rollout.eval_batch_size",
     "rollout.score_chunk_size",
 }
@@ -283,7 +284,7 @@ class Trainer:
             ckpt.load_model_weights(self.momentum, found.path / "momentum")
         ckpt.load_training_state(found, self.optimizer, self.scheduler)
         self.step = int(found.state["step"])
-        self.history = {k: [tuple(p) for p in v] for k, v in found.state.get("history", {}).items()} or self.history
+        self.history.update({k: [tuple(p) for p in v] for k, v in found.state.get("history", {}).items()})
         self.collapse = found.state.get("collapse")
         self.finished = bool(found.state.get("finished", False))
         self.tracker.load_state_dict(found.state.get("tracking", {}))
