@@ -1,13 +1,17 @@
-"""Atomic checkpoints that a requeued or restarted job resumes from.
+"""Atomic distributed checkpoints that a requeued or restarted job resumes from, on any number of ranks.
 
 Layout: `<output_dir>/checkpoints/step_000050/` holding
-- `policy/` and `momentum/`: ordinary Hugging Face checkpoints (the momentum in float32), so
-  either can be evaluated or served as is;
-- `optimizer.pt`, `scheduler.pt`, `rng.pt`: the rest of the training state;
-- `trainer_state.json`: step, MLflow run id and its unsent buffer, monitor history, and the
-  config fingerprint that a resume must match;
-- `COMPLETE`: written last. A directory is only ever made visible by renaming a finished
-  temporary directory, so a kill at any moment leaves either the old or the new checkpoint.
+- `dcp/`: policy, momentum and optimizer state as `torch.distributed.checkpoint` shards (one
+  file per rank plus `.metadata`), written from each rank's shards with `get_state_dict`. DCP
+  reshards on load, so a checkpoint written by W ranks resumes on W' ranks;
+- `policy/` (and `momentum/`): ordinary Hugging Face checkpoint directories gathered by rank 0
+  one parameter at a time (the policy in the compute dtype, the momentum in float32), so either
+  can be evaluated or served as is;
+- `scheduler.pt`, `rng/rank_<r>.pt`, and `trainer_state.json` (step, MLflow run id and its unsent
+  buffer, monitor history, and the config fingerprint a resume must match);
+- `COMPLETE`: written last. Every rank writes into one temporary directory; after a barrier,
+  rank 0 marks it complete and renames it into place, so a kill at any moment leaves either the
+  old or the new checkpoint.
 
 A checkpoint that is corrupt or was written by an incompatible configuration is reported with
 what is wrong and what to do, and is never overwritten or deleted.
@@ -19,15 +23,23 @@ import json
 import os
 import random
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
+from mgrpo.models.scorer import ResponseScorer
+from mgrpo.parallel import Ranks
+from mgrpo.sharding import full_parameters, reshard
+
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+DCP_DIR = "dcp"
+REQUIRED = (f"{DCP_DIR}/.metadata", STATE_FILE, "scheduler.pt", "policy")
 
 
 class CheckpointError(RuntimeError):
@@ -38,6 +50,18 @@ class CheckpointError(RuntimeError):
 class LoadedCheckpoint:
     path: Path
     state: dict[str, Any]
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides `trainer_state.json`."""
+
+    policy: ResponseScorer
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    momentum: Optional[ResponseScorer]
+    policy_export_dtype: torch.dtype
+    tokenizer: Any
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -66,52 +90,96 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(
-    output_dir: Path,
-    step: int,
-    policy,
-    momentum,
-    tokenizer,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    state: dict[str, Any],
-    keep_last: int,
-) -> Path:
-    """Write step `step` atomically, then delete all but the newest `keep_last` complete ones."""
-    root = checkpoint_root(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:06d}"
-    tmp = root / f".tmp_step_{step:06d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    policy.save_pretrained(tmp / "policy")
-    tokenizer.save_pretrained(tmp / "policy")
-    if momentum is not None:
-        momentum.save_pretrained(tmp / "momentum")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(capture_rng(), tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1, default=str))
-    (tmp / MARKER).write_text(str(step))
-    _fsync_tree(tmp)
-    if final.exists():
-        # The same step written again: swap atomically, then drop the old copy.
-        old = root / f".old_step_{step:06d}_{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
+def _dcp_state(train: TrainingState, with_optimizer: bool) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    reshard(train.policy)
+    if with_optimizer:
+        model_sd, optim_sd = get_state_dict(train.policy, train.optimizer)
+        state = {"policy": model_sd, "optimizer": optim_sd}
     else:
-        os.replace(tmp, final)
-    complete = [p for p in _step_dirs(root) if (p / MARKER).exists()]
-    for old in complete[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        state = {"policy": get_model_state_dict(train.policy)}
+    if train.momentum is not None:
+        reshard(train.momentum)
+        state["momentum"] = get_model_state_dict(train.momentum)
+    return state
+
+
+def export_hf(scorer: ResponseScorer, ranks: Ranks, directory: Path, dtype: torch.dtype, tokenizer=None) -> None:
+    """Write `scorer`'s model as a Hugging Face checkpoint dir from rank 0 (all ranks call this)."""
+    from safetensors.torch import save_file
+
+    tensors = {name: tensor.to("cpu").contiguous() for name, tensor in full_parameters(scorer, dtype) if ranks.is_main}
+    if not ranks.is_main:
+        return
+    directory.mkdir(parents=True)
+    config = scorer.lm.config
+    previous_dtype = config.dtype
+    config.dtype = dtype
+    config.save_pretrained(directory)
+    config.dtype = previous_dtype
+    generation = getattr(scorer.lm, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(directory)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def save_checkpoint(output_dir: Path, step: int, ranks: Ranks, train: TrainingState, state: dict[str, Any], keep_last: int) -> Path:
+    """Write step `step` atomically (every rank calls this), then keep the newest `keep_last`."""
+    import torch.distributed.checkpoint as dcp
+
+    root = checkpoint_root(output_dir)
+    final = root / f"step_{step:06d}"
+    tmp = root / f".tmp_step_{step:06d}"
+    if ranks.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a run killed while writing; never a complete checkpoint
+        (tmp / "rng").mkdir(parents=True)
+    ranks.barrier()
+    with _single_process_quiet():
+        dcp.save(_dcp_state(train, with_optimizer=bool(train.optimizer.state)), checkpoint_id=str(tmp / DCP_DIR), no_dist=not ranks.distributed)
+    export_hf(train.policy, ranks, tmp / "policy", train.policy_export_dtype, train.tokenizer)
+    if train.momentum is not None:
+        export_hf(train.momentum, ranks, tmp / "momentum", torch.float32, train.tokenizer)
+    torch.save(capture_rng(), tmp / "rng" / f"rank_{ranks.rank}.pt")
+    _fsync_files(tmp, lambda f: f"__{ranks.rank}_" in f.name or f.name == f"rank_{ranks.rank}.pt")
+    ranks.barrier()
+    if ranks.is_main:
+        torch.save(train.scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "world_size": ranks.world_size}, indent=1, default=str))
+        (tmp / MARKER).write_text(str(step))
+        _fsync_files(tmp, lambda f: not f.name.startswith("__") and not f.name.startswith("rank_"))
+        if final.exists():
+            # The same step written again: swap atomically, then drop the old copy.
+            old = root / f".old_step_{step:06d}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        complete = [p for p in _step_dirs(root) if (p / MARKER).exists()]
+        for stale in complete[:-keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+    ranks.barrier()
     return final
 
 
-def _fsync_tree(path: Path) -> None:
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns that it runs without a process group; on one rank that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _fsync_files(path: Path, mine) -> None:
     for file in path.rglob("*"):
-        if file.is_file():
+        if file.is_file() and mine(file):
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
 
@@ -133,8 +201,7 @@ def latest_checkpoint(output_dir: Path) -> Optional[LoadedCheckpoint]:
     )
     if not (newest / MARKER).exists():
         raise CheckpointError(f"checkpoint {newest} is incomplete (no {MARKER} marker). {advice}")
-    required = ["policy", STATE_FILE, "optimizer.pt", "scheduler.pt", "rng.pt"]
-    missing = [name for name in required if not (newest / name).exists()]
+    missing = [name for name in REQUIRED if not (newest / name).exists()]
     if missing:
         raise CheckpointError(f"checkpoint {newest} is corrupt: missing {', '.join(missing)}. {advice}")
     try:
@@ -156,8 +223,48 @@ def check_compatible(checkpoint: LoadedCheckpoint, fingerprint: dict[str, str]) 
         )
 
 
+def load_checkpoint(checkpoint: LoadedCheckpoint, ranks: Ranks, train: TrainingState) -> None:
+    """Restore models, optimizer, scheduler and (on the same number of ranks) RNG, in place."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    path = checkpoint.path
+    try:
+        with_optimizer = "optimizer" in _saved_keys(path / DCP_DIR)
+        state = _dcp_state(train, with_optimizer)
+        if (train.momentum is None) != ("momentum" not in _saved_keys(path / DCP_DIR)):
+            raise CheckpointError(f"checkpoint {path} {'lacks' if train.momentum is not None else 'has'} a momentum model")
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(path / DCP_DIR), no_dist=not ranks.distributed)
+        if with_optimizer:
+            set_state_dict(train.policy, train.optimizer, model_state_dict=state["policy"], optim_state_dict=state["optimizer"])
+        else:
+            set_model_state_dict(train.policy, state["policy"])
+        if train.momentum is not None:
+            set_model_state_dict(train.momentum, state["momentum"])
+        train.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        rng = path / "rng" / f"rank_{ranks.rank}.pt"
+        if rng.exists() and checkpoint.state.get("world_size", 1) == ranks.world_size:
+            restore_rng(torch.load(rng, weights_only=False))
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be restored ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            f"Move it out of {path.parent} to resume from the previous one, or use a new trainer.output_dir."
+        ) from err
+
+
+def _saved_keys(dcp_dir: Path) -> set[str]:
+    """Top-level keys ('policy', 'optimizer', 'momentum') stored in a DCP checkpoint."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    metadata = FileSystemReader(str(dcp_dir)).read_metadata()
+    return {key.split(".", 1)[0] for key in metadata.state_dict_metadata}
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The weights of an HF checkpoint directory saved by `save_pretrained` (safetensors)."""
+    """The weights of an HF checkpoint directory (safetensors)."""
     from safetensors.torch import load_file
 
     files = sorted(path.glob("*.safetensors"))
@@ -170,30 +277,3 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         except Exception as err:
             raise CheckpointError(f"checkpoint weights {file} are unreadable ({err})") from err
     return tensors
-
-
-def load_model_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load saved weights into `model`, which has the architecture the checkpoint was saved from."""
-    tensors = load_tensors(path)
-    own = model.state_dict()
-    tied = {k for k in own if k not in tensors}
-    unexpected = [k for k in tensors if k not in own]
-    if unexpected:
-        raise CheckpointError(f"checkpoint {path} does not match the model: unexpected weights {unexpected[:5]}")
-    missing = [k for k in tied if not getattr(model.config, "tie_word_embeddings", False) or "lm_head" not in k]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} does not match the model: missing weights {missing[:5]}")
-    for key, value in tensors.items():
-        if own[key].shape != value.shape:
-            raise CheckpointError(f"checkpoint {path}: {key} has shape {tuple(value.shape)}, model expects {tuple(own[key].shape)}")
-    model.load_state_dict(tensors, strict=False)
-
-
-def load_training_state(checkpoint: LoadedCheckpoint, optimizer: torch.optim.Optimizer, scheduler) -> None:
-    path = checkpoint.path
-    try:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        restore_rng(torch.load(path / "rng.pt", weights_only=False))
-    except Exception as err:
-        raise CheckpointError(f"checkpoint {path} cannot be restored ({type(err).__name__}: {err})") from err

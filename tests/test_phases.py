@@ -7,14 +7,19 @@ import math
 import pytest
 import torch
 
-from mgrpo.config import Config, TinyModelConfig
-from mgrpo.models.tiny import build_tiny_model, build_tiny_tokenizer
-from mgrpo.rollout.base import pad_responses, response_mask_from_tokens
-from mgrpo.rollout.hf import HFRolloutEngine
-from mgrpo.trainer import filter_phase, lr_lambda, score_phase, stream_seed, update_phase, vote_phase
 from mgrpo.algos.answers import AnswerEquivalence
+from mgrpo.config import TinyModelConfig
+from mgrpo.models.scorer import ResponseScorer
+from mgrpo.models.tiny import build_tiny_model, build_tiny_tokenizer
+from mgrpo.phases import LossSettings, UpdatePlan, filter_phase, lr_lambda, pad_plan, plan_update, score_phase, update_phase, vote_phase
+from mgrpo.rollout.base import encode_prompts, pad_responses, response_mask_from_tokens, sample_seed
+from mgrpo.rollout.hf import HFRolloutEngine
 
 PROMPTS = ["12+34+56=", "7+8=", "123+456+789+10="]
+SETTINGS = LossSettings(
+    temperature=1.0, clip_ratio=0.2, clip_ratio_dual=None, kl_coef=0.0, kl_estimator="low_var_kl",
+    agg_mode="token-mean", norm_length=10.0, grad_clip=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +28,10 @@ def tiny():
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(TinyModelConfig(), tokenizer)
     return model, tokenizer
+
+
+def ids(tokenizer, prompts=PROMPTS):
+    return encode_prompts(tokenizer, prompts, 512)
 
 
 def test_response_mask_stops_after_first_eos_even_when_pad_is_eos():
@@ -36,46 +45,78 @@ def test_response_mask_stops_after_first_eos_even_when_pad_is_eos():
     assert pad_responses([[3], [], [4, 5]], 0).tolist() == [[3, 0], [0, 0], [4, 5]]
 
 
-def test_engine_layout_seeds_and_streams(tiny):
+def test_engine_layout_and_per_prompt_seeds(tiny):
     model, tokenizer = tiny
     engine = HFRolloutEngine(model, tokenizer)
-    a = engine.generate(PROMPTS, 4, 1.0, 12, seed=stream_seed(0, 1, 0))
-    b = engine.generate(PROMPTS, 4, 1.0, 12, seed=stream_seed(0, 1, 0))
-    c = engine.generate(PROMPTS, 4, 1.0, 12, seed=stream_seed(0, 1, 1))
+    seeds = [sample_seed(0, 1, "policy", i) for i in range(3)]
+    a = engine.generate(ids(tokenizer), 4, 1.0, 12, seeds)
+    b = engine.generate(ids(tokenizer), 4, 1.0, 12, seeds)
+    c = engine.generate(ids(tokenizer), 4, 1.0, 12, [sample_seed(0, 1, "momentum", i) for i in range(3)])
     assert a.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert torch.equal(a.sequences, b.sequences) and a.texts == b.texts
     assert not torch.equal(a.sequences, c.sequences), "policy and momentum streams must differ"
+    assert len(set(a.texts[:4])) > 1, "a prompt's samples must differ from each other"
     # Left-padded prompts: each row's prompt ends right before column P.
     prompt_part = a.sequences[:, : a.prompt_length]
     for i, prompt in enumerate(PROMPTS):
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        assert prompt_part[i * 4, -len(ids) :].tolist() == ids
+        expected = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert prompt_part[i * 4, -len(expected) :].tolist() == expected
     assert a.attention_mask[:, a.prompt_length :].bool().equal(a.response_mask)
+    # A prompt's samples depend on its seed only: not on the other prompts or the batch size.
+    alone = engine.generate(ids(tokenizer)[1:2], 4, 1.0, 12, seeds[1:2])
+    assert alone.texts == a.texts[4:8]
+    small_batches = HFRolloutEngine(model, tokenizer, batch_size=3).generate(ids(tokenizer), 4, 1.0, 12, seeds)
+    assert small_batches.texts == a.texts
 
 
-def test_score_phase_matches_a_direct_forward_and_entropy_estimators(tiny):
+def test_sampler_logprobs_are_the_trainers_at_the_sampling_temperature(tiny):
     model, tokenizer = tiny
-    ro = HFRolloutEngine(model, tokenizer).generate(PROMPTS[:2], 3, 1.3, 10, seed=5)
-    full = score_phase(model, ro, 1.3, chunk_size=2, entropy_estimator="full")
-    sampled = score_phase(model, ro, 1.3, chunk_size=64, entropy_estimator="sampled")
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer), 3, 1.3, 10, [1, 2, 3])
+    scores = score_phase(ResponseScorer(model), ro, 1.3, chunk_size=64)
+    drift = ((scores.logprobs - ro.sampler_logprobs).abs() * ro.response_mask).max()
+    assert drift < 1e-5
+    greedy = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer), 1, 0.0, 10, [0, 0, 0])
+    assert greedy.sampler_logprobs is None
+
+
+def test_scorer_matches_a_direct_forward_and_entropy_estimators(tiny):
+    model, tokenizer = tiny
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer, PROMPTS[:2]), 3, 1.3, 10, [5, 6])
+    full = score_phase(ResponseScorer(model, chunk_tokens=7), ro, 1.3, chunk_size=2, entropy_estimator="full")
+    sampled = score_phase(ResponseScorer(model), ro, 1.3, chunk_size=64, entropy_estimator="sampled")
     assert torch.allclose(full.logprobs, sampled.logprobs, atol=1e-5)
     # Direct computation without padding, for an unpadded row (0) and a left-padded one (3).
     P = ro.prompt_length
     for row in (0, 3):
         real = ro.attention_mask[row].bool()
-        ids = ro.sequences[row][real]
+        row_ids = ro.sequences[row][real]
         with torch.no_grad():
-            logits = model(input_ids=ids.unsqueeze(0)).logits[0] / 1.3
+            logits = model(input_ids=row_ids.unsqueeze(0)).logits[0] / 1.3
         n_prompt = int(ro.attention_mask[row, :P].sum())
         logp = torch.log_softmax(logits, -1)
-        response = ids[n_prompt:]
+        response = row_ids[n_prompt:]
         expected = logp[n_prompt - 1 : -1].gather(-1, response.unsqueeze(-1)).squeeze(-1)
         got = full.logprobs[row][ro.response_mask[row]]
         assert torch.allclose(got, expected, atol=1e-4)
+        assert (full.logprobs[row][~ro.response_mask[row]] == 0).all()
         token_entropy = -(logp.exp() * logp).sum(-1)[n_prompt - 1 : -1]
         assert math.isclose(float(full.entropy[row]), float(token_entropy.mean()), rel_tol=1e-4)
         assert math.isclose(float(sampled.entropy[row]), float(-expected.mean()), rel_tol=1e-4)
     assert int(ro.attention_mask[3, :P].sum()) < P, "row 3 should be left-padded"
+
+
+def test_chunked_scorer_gradients_equal_one_chunk(tiny):
+    """Chunking the LM head (recomputed in backward) changes neither values nor gradients."""
+    model, tokenizer = tiny
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer, PROMPTS[:2]), 2, 1.0, 10, [7, 8])
+    grads = []
+    for chunk in (3, 10_000):
+        model.zero_grad(set_to_none=True)
+        lp, _ = ResponseScorer(model, chunk_tokens=chunk)(ro.sequences, ro.attention_mask, ro.response_mask, 1.0)
+        (lp * ro.response_mask).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    model.zero_grad(set_to_none=True)
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
 
 
 def test_filter_and_vote_phases_use_pooled_groups():
@@ -92,24 +133,42 @@ def test_filter_and_vote_phases_use_pooled_groups():
     assert vote.agrees == [True, True, False, False, True, True, False, False]
 
 
+def test_plan_update_hand_computed():
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    plan = plan_update(mask, epochs=1, mini_batches=1, micro_batch_size=2, shuffle_seed=0)
+    assert [[r.tolist() for r in step] for step in plan.micro_batches] == [[[0, 2], [3, 4]]]
+    assert plan.num_tokens == [7.0] and plan.num_seqs == [4.0]
+    two = plan_update(mask, epochs=2, mini_batches=3, micro_batch_size=8, shuffle_seed=0)
+    assert len(two.micro_batches) == 6 and sum(two.num_seqs) == 8
+    for epoch in (two.micro_batches[:3], two.micro_batches[3:]):
+        rows = sorted(r for step in epoch for rows in step for r in rows.tolist())
+        assert rows == [0, 2, 3, 4], "each epoch trains every trainable row once"
+    nothing = plan_update(torch.zeros(2, 3, dtype=torch.bool), 1, 1, 4, 0)
+    assert nothing.micro_batches == [[]] and nothing.num_tokens == [0.0]
+    padded = pad_plan(plan, [3])
+    assert [r.numel() for r in padded.micro_batches[0]] == [2, 2, 0]
+
+
 def test_update_phase_trains_only_on_kept_samples(tiny):
     model, tokenizer = tiny
-    cfg = Config()
-    cfg.algo.kl_coef = 0.0
-    ro = HFRolloutEngine(model, tokenizer).generate(PROMPTS[:2], 4, 1.0, 10, seed=3)
-    old = score_phase(model, ro, 1.0, 64).logprobs
+    scorer = ResponseScorer(model)
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer, PROMPTS[:2]), 4, 1.0, 10, [3, 4])
+    old = score_phase(scorer, ro, 1.0, 64).logprobs
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0, 0.0, 0.0])
     before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def plan(members):
+        return plan_update(ro.response_mask & members.unsqueeze(-1), 1, 1, 3, 0)
 
     def grads(members: torch.Tensor, adv: torch.Tensor) -> dict[str, torch.Tensor]:
         model.load_state_dict(before)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        update_phase(model, opt, ro, old, None, adv, members, cfg)
+        update_phase(scorer, opt, ro, old, None, adv, members, plan(members), SETTINGS)
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     none = torch.zeros(8, dtype=torch.bool)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    metrics = update_phase(model, opt, ro, old, None, advantages, none, cfg)
+    metrics = update_phase(scorer, opt, ro, old, None, advantages, none, plan(none), SETTINGS)
     assert metrics["trained_samples"] == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -120,6 +179,37 @@ def test_update_phase_trains_only_on_kept_samples(tiny):
     g2 = grads(members, changed)
     assert g1.keys() == g2.keys() and all(torch.allclose(g1[k], g2[k]) for k in g1)
     assert any(v.abs().sum() > 0 for v in g1.values())
+    model.load_state_dict(before)
+
+
+def test_split_plans_with_global_counts_sum_to_the_whole_batch_gradient(tiny):
+    """What makes a W-rank update equal a 1-rank one: two halves of the batch, each normalised by
+    the global token count and padded to the same number of passes, sum to the whole's gradient."""
+    model, tokenizer = tiny
+    scorer = ResponseScorer(model)
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer, PROMPTS[:2]), 4, 1.0, 10, [9, 10])
+    old = score_phase(scorer, ro, 1.0, 64).logprobs
+    advantages = torch.linspace(-1, 1, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def grad_of(members: torch.Tensor, plan: UpdatePlan) -> dict[str, torch.Tensor]:
+        model.load_state_dict(before)
+        update_phase(scorer, opt, ro, old, None, advantages, members, plan, SETTINGS)
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    everyone = torch.ones(8, dtype=torch.bool)
+    whole = grad_of(everyone, plan_update(ro.response_mask, 1, 1, 2, 0))
+    total_tokens = float(ro.response_mask.sum())
+    halves = []
+    for part in (slice(0, 3), slice(3, 8)):
+        members = torch.zeros(8, dtype=torch.bool)
+        members[part] = True
+        local = plan_update(ro.response_mask & members.unsqueeze(-1), 1, 1, 2, 0)
+        local = pad_plan(UpdatePlan(local.micro_batches, [total_tokens], [8.0]), [3])
+        halves.append(grad_of(members, local))
+    for name in whole:
+        assert torch.allclose(halves[0][name] + halves[1][name], whole[name], atol=1e-6), name
     model.load_state_dict(before)
 
 

@@ -198,13 +198,15 @@ def test_corrupt_checkpoint_is_reported_and_kept(tiny_cache, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=2"), out)
     newest = ckpt.latest_checkpoint(out).path
-    (newest / "optimizer.pt").unlink()
+    (newest / "scheduler.pt").unlink()
     before = sorted(p.name for p in newest.iterdir())
-    with pytest.raises(ckpt.CheckpointError, match="missing optimizer.pt"):
+    with pytest.raises(ckpt.CheckpointError, match="missing scheduler.pt"):
         train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=4"), out)
     assert sorted(p.name for p in newest.iterdir()) == before
 
-    (newest / "optimizer.pt").write_bytes(b"")
+    (newest / "scheduler.pt").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match="cannot be restored"):
+        train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=2"), out)
     (newest / ckpt.MARKER).unlink()
     with pytest.raises(ckpt.CheckpointError, match="incomplete"):
         train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=4"), out)

@@ -1,29 +1,69 @@
-"""Rollout engines behind one interface (`RolloutEngine`), chosen by `rollout.engine`."""
+"""Rollout engines behind one interface (`RolloutEngine`), chosen by `rollout.engine`, and the
+engines of one rank (`build_engines`)."""
 
 from __future__ import annotations
 
-from mgrpo.rollout.base import RolloutEngine, Rollouts
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from mgrpo.rollout.base import RolloutEngine, Rollouts, encode_prompts, sample_seed
+from mgrpo.rollout.handoff import EngineSlots
 from mgrpo.rollout.hf import HFRolloutEngine
 
+if TYPE_CHECKING:
+    from mgrpo.config import RolloutConfig
+    from mgrpo.parallel import Ranks
 
-def make_engine(engine: str, model, tokenizer, model_path: str, dtype: str, rollout_cfg) -> RolloutEngine:
-    """Build the engine of one model role. `rollout_cfg` is a `RolloutConfig`."""
-    if engine == "hf":
-        return HFRolloutEngine(
-            model, tokenizer, batch_size=rollout_cfg.eval_batch_size, max_prompt_tokens=rollout_cfg.max_prompt_tokens
+
+def build_engines(
+    r: RolloutConfig,
+    ranks: Ranks,
+    models: dict[str, Optional[torch.nn.Module]],
+    tokenizer,
+    model_path: str,
+    compute_dtype: torch.dtype,
+    compute_context,
+    seed: int,
+) -> EngineSlots:
+    """This rank's engines for the roles in `models` (role -> the trainer's HF model, or None
+    when the role is unused).
+
+    The HF engine shares the trainer's model on one rank. On several ranks the trainer's models
+    are sharded, so it keeps its own full copy in the compute dtype, like vLLM does.
+    """
+    roles = [role for role, model in models.items() if model is not None]
+    if r.engine == "hf" and not ranks.distributed:
+        return EngineSlots(
+            {role: HFRolloutEngine(models[role], tokenizer, r.eval_batch_size, True, compute_context) for role in roles}
         )
-    if engine == "vllm":
+
+    def new_engine() -> RolloutEngine:
+        if r.engine == "hf":
+            from mgrpo.models.loading import load_causal_lm
+
+            copy = load_causal_lm(model_path, compute_dtype, ranks.device).requires_grad_(False)
+            return HFRolloutEngine(copy, tokenizer, r.eval_batch_size, shares_weights=False)
         from mgrpo.rollout.vllm import VLLMRolloutEngine
 
         return VLLMRolloutEngine(
             model_path,
             tokenizer,
-            dtype=dtype,
-            gpu_memory_utilization=rollout_cfg.vllm_gpu_memory_utilization,
-            tensor_parallel_size=rollout_cfg.vllm_tensor_parallel_size,
-            max_model_len=rollout_cfg.max_new_tokens + rollout_cfg.max_prompt_tokens,
+            dtype=compute_dtype,
+            max_model_len=r.max_prompt_tokens + r.max_new_tokens,
+            seed=seed,
+            gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+            kv_cache_gb=r.vllm_kv_cache_gb,
+            tensor_parallel_size=r.vllm_tensor_parallel_size,
+            enforce_eager=r.vllm_enforce_eager,
+            enable_sleep_mode=r.vllm_sleep_mode and ranks.device.type == "cuda",
+            distributed_executor_backend="external_launcher" if ranks.distributed else None,
         )
-    raise ValueError(f"unknown rollout.engine {engine!r}; allowed: hf, vllm")
+
+    if r.engine_weights == "shared":
+        engine = new_engine()
+        return EngineSlots({role: engine for role in roles})
+    return EngineSlots({role: new_engine() for role in roles})
 
 
-__all__ = ["RolloutEngine", "Rollouts", "HFRolloutEngine", "make_engine"]
+__all__ = ["EngineSlots", "HFRolloutEngine", "RolloutEngine", "Rollouts", "build_engines", "encode_prompts", "sample_seed"]

@@ -1,18 +1,36 @@
-"""The rollout interface: generate n samples per prompt from one model.
+"""The rollout interface: generate n samples per prompt from one set of weights.
+
+Prompts go in as token ids, encoded once by the trainer (`encode_prompts`), so every engine
+samples from exactly the context the trainer later scores. Each prompt carries its own seed
+(`sample_seed`: run seed, step, role and *global* prompt index), so a prompt's samples do not
+depend on which rank holds it, on the other prompts of the batch, or on the engine's batching.
 
 Every engine returns a `Rollouts`: token ids laid out as [left-padded prompt | right-padded
-response], the masks, and the response texts. The trainer scores log-probs and entropies itself
-(one forward pass per role), so an engine only samples; the log-probs an engine reports are kept
-as `sampler_logprobs` to measure rollout-vs-trainer drift, which is how stale weights in a
-separate inference engine show up.
+response], the masks, the response texts, and the log-probs the sampler drew each token with, at
+the sampling temperature. The trainer compares those with its own forward pass
+(`train/rollout_logprob_drift`), which is how stale weights in an engine show up.
+
+Weights: an engine either shares a model object with the trainer (the HF engine on one rank:
+nothing to hand off) or keeps its own copy, which `load_weights` replaces from (name, full
+tensor) pairs in Hugging Face naming (see `mgrpo.rollout.handoff`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Iterable, Optional, Protocol, Sequence
 
+import numpy as np
 import torch
+
+ROLE_STREAMS = {"policy": 0, "momentum": 1, "eval": 2}
+"""Random stream of each sampling role; stream 3 is the update's mini-batch shuffle."""
+
+
+def sample_seed(seed: int, step: int, role: str, prompt_index: int) -> int:
+    """The seed of one prompt's samples: a function of (run seed, step, role, global prompt index)
+    only, so results are the same whatever the number of ranks or the batch layout."""
+    return int(np.random.SeedSequence([seed, step, ROLE_STREAMS[role], prompt_index]).generate_state(1)[0])
 
 
 @dataclass
@@ -30,7 +48,8 @@ class Rollouts:
     texts: list[str]
     """(B,) decoded responses without special tokens."""
     sampler_logprobs: Optional[torch.Tensor] = None
-    """(B, R) float32 log-probs reported by the engine, when it reports them."""
+    """(B, R) float32 log-probs of the sampled tokens as the sampler drew them, at the sampling
+    temperature (0 past the response); None for greedy decoding."""
 
     @property
     def prompt_length(self) -> int:
@@ -47,23 +66,44 @@ class Rollouts:
 
 
 class RolloutEngine(Protocol):
-    """Samples responses from a model. One engine per model role (policy, momentum)."""
+    """Samples responses. The trainer keeps one engine per weight set it must sample from."""
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make the engine sample from `model`'s current weights (no-op when it shares them)."""
+    shares_weights: bool
+    """True when the engine samples from the trainer's own model object (no hand-off needed)."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights with these (HF name, full tensor) pairs, consumed one at a
+        time, and drop anything computed with the old weights (e.g. a prefix cache)."""
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: Sequence[Sequence[int]],
         n: int,
         temperature: float,
         max_new_tokens: int,
-        seed: int,
+        seeds: Sequence[int],
     ) -> Rollouts:
-        """n samples for each prompt (temperature 0 = greedy), reproducible from `seed`.
+        """n samples for each prompt (temperature 0 = greedy). Prompt i's samples are drawn from
+        `seeds[i]` alone. Sample j of prompt i is row i * n + j, and group_ids[i * n + j] = i."""
 
-        Sample j of prompt i is row i * n + j, and group_ids[i * n + j] = i.
-        """
+
+def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt, without special tokens, cut from the left to `max_prompt_tokens`
+    (the end of a prompt carries the question)."""
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    return [list(ids[-max_prompt_tokens:]) for ids in encoded]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, P) left-padded ids and their attention mask, P = the longest prompt (at least 1)."""
+    width = max([len(p) for p in prompts] + [1])
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        if len(prompt):
+            ids[i, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[i, width - len(prompt) :] = 1
+    return ids, mask
 
 
 def response_mask_from_tokens(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -88,3 +128,35 @@ def pad_responses(token_lists: list[list[int]], pad_token_id: int) -> torch.Tens
     for i, tokens in enumerate(token_lists):
         out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return out
+
+
+def assemble_rollouts(
+    prompts: Sequence[Sequence[int]],
+    n: int,
+    responses: list[list[int]],
+    tokenizer,
+    sampler_logprobs: Optional[list[list[float]]] = None,
+) -> Rollouts:
+    """A `Rollouts` from each sample's response token ids (row i * n + j is sample j of prompt i),
+    cut after the first EOS. Every engine ends here, so all lay their batches out alike."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    cut = [r[: r.index(eos) + 1] if eos in r else list(r) for r in responses]
+    response_ids = pad_responses(cut, pad)
+    response_mask = pad_responses([[1] * len(r) for r in cut], 0).bool()
+    prompt_ids, prompt_mask = left_pad(prompts, pad)
+    prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
+    prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
+    logprobs = None
+    if sampler_logprobs is not None:
+        logprobs = torch.zeros(response_ids.shape, dtype=torch.float32)
+        for i, (row, length) in enumerate(zip(sampler_logprobs, response_mask.sum(-1).tolist())):
+            logprobs[i, :length] = torch.tensor(row[:length], dtype=torch.float32)
+    texts = tokenizer.batch_decode(cut, skip_special_tokens=True)
+    return Rollouts(
+        sequences=torch.cat([prompt_ids, response_ids], dim=1),
+        attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
+        response_mask=response_mask,
+        group_ids=torch.arange(len(prompts)).repeat_interleave(n),
+        texts=texts,
+        sampler_logprobs=logprobs,
+    )

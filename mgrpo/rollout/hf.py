@@ -1,78 +1,131 @@
 """Rollouts with Hugging Face `generate`: the embedded default, on CPU or any device.
 
-The engine shares the model object, so it always samples from current weights. Sampling is pure
-ancestral sampling at the given temperature (top_k=0, top_p=1), because the trainer measures
-entropy and log-probs of that exact distribution. Each call runs under its own seed in a forked
-RNG, so policy and momentum samples use separate random streams and a resumed run draws the same
-samples as an uninterrupted one.
+Sampling is pure ancestral sampling at the given temperature (no top-k, no top-p), because the
+trainer measures entropy and log-probs of that exact distribution. It is done by Gumbel-max: each
+step, every sample adds Gumbel noise from its *own* generator to log softmax(logits / T) and takes
+the argmax, which draws exactly from softmax(logits / T). Sample j of prompt i owns a generator
+seeded from (seeds[i], j), so what it draws depends on nothing else in the batch: not on the
+other prompts, the batch size, or which rank runs it. The same step records the log-prob of the
+drawn token at T, which the trainer compares with its own forward pass.
+
+The engine either shares the trainer's model (one rank: `shares_weights`, no hand-off) or owns a
+copy (several ranks, where the trainer's model is sharded) that `load_weights` refreshes.
 """
 
 from __future__ import annotations
 
-import torch
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable, Iterable, Optional, Sequence
 
-from mgrpo.rollout.base import Rollouts, response_mask_from_tokens
+import numpy as np
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from mgrpo.rollout.base import Rollouts, assemble_rollouts, left_pad
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def sample_generators(seeds: Sequence[int], n: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per sample, row i * n + j seeded from (seeds[i], j)."""
+    generators = []
+    for seed in seeds:
+        for j in range(n):
+            state = int(np.random.SeedSequence([int(seed), j]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+            generators.append(torch.Generator(device=device).manual_seed(state))
+    return generators
+
+
+class GumbelMaxSampler(LogitsProcessor):
+    """Turns greedy decoding into per-row seeded sampling at `temperature` (see the module
+    docstring) and records each drawn token's log-prob at that temperature."""
+
+    def __init__(self, generators: list[torch.Generator], temperature: float) -> None:
+        self.generators = generators
+        self.temperature = temperature
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        log_p = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        vocab = log_p.shape[-1]
+        uniform = torch.stack([torch.rand(vocab, generator=g, device=g.device) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=_TINY, max=1.0 - 1e-7)))
+        perturbed = log_p + gumbel
+        choice = perturbed.argmax(-1, keepdim=True)
+        self.logprobs.append(log_p.gather(-1, choice).squeeze(-1).cpu())
+        return perturbed
 
 
 class HFRolloutEngine:
     """`RolloutEngine` over a transformers causal LM."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 1024, max_prompt_tokens: int = 512) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        batch_size: int = 1024,
+        shares_weights: bool = True,
+        compute_context: Optional[Callable[[], AbstractContextManager]] = None,
+    ) -> None:
+        """
+        Args:
+            model: the model to sample from (shared with the trainer, or the engine's own copy).
+            batch_size: rows per `generate` call.
+            shares_weights: False when `model` is the engine's own copy, refreshed by load_weights.
+            compute_context: entered around generation, e.g. bf16 autocast over fp32 weights.
+        """
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.max_prompt_tokens = max_prompt_tokens
-        if tokenizer.padding_side != "left":
-            raise ValueError("HFRolloutEngine needs a left-padding tokenizer (tokenizer.padding_side='left')")
-
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        self.model = model
+        self.shares_weights = shares_weights
+        self.compute_context = compute_context or nullcontext
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, temperature: float, max_new_tokens: int, seed: int) -> Rollouts:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in weights:
+            if name not in params:
+                raise KeyError(f"the engine's model has no parameter {name!r}")
+            params[name].copy_(tensor)
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[Sequence[int]], n: int, temperature: float, max_new_tokens: int, seeds: Sequence[int]
+    ) -> Rollouts:
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
         device = next(self.model.parameters()).device
-        self.tokenizer.truncation_side = "left"
-        encoded = self.tokenizer(
-            prompts,
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=self.max_prompt_tokens,
+        prompt_ids, prompt_mask = left_pad(prompts, self.tokenizer.pad_token_id)
+        prompt_ids = prompt_ids.repeat_interleave(n, dim=0).to(device)
+        prompt_mask = prompt_mask.repeat_interleave(n, dim=0).to(device)
+        generators = sample_generators(seeds, n, device) if temperature > 0 else None
+        config = GenerationConfig(
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
         )
-        prompt_ids = encoded["input_ids"].repeat_interleave(n, dim=0).to(device)
-        prompt_mask = encoded["attention_mask"].repeat_interleave(n, dim=0).to(device)
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
-        eos_id = self.tokenizer.eos_token_id
         was_training = self.model.training
         self.model.eval()
-        outputs = []
-        fork_devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
+        responses: list[list[int]] = []
+        logprobs: Optional[list[list[float]]] = [] if generators is not None else None
+        with self.compute_context():
             for start in range(0, prompt_ids.shape[0], self.batch_size):
                 rows = slice(start, start + self.batch_size)
+                processors = LogitsProcessorList()
+                sampler = None
+                if generators is not None:
+                    sampler = GumbelMaxSampler(generators[rows], temperature)
+                    processors.append(sampler)
                 out = self.model.generate(
                     input_ids=prompt_ids[rows],
                     attention_mask=prompt_mask[rows],
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=eos_id,
-                    num_beams=1,
-                    **sampling,
+                    generation_config=config,
+                    logits_processor=processors,
                 )
-                outputs.append(out[:, prompt_ids.shape[1] :])
+                responses += out[:, prompt_ids.shape[1] :].cpu().tolist()
+                if sampler is not None:
+                    logprobs += torch.stack(sampler.logprobs, dim=1).tolist()
         self.model.train(was_training)
-        width = max(o.shape[1] for o in outputs)
-        responses = torch.cat(
-            [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=self.tokenizer.pad_token_id) for o in outputs]
-        ).cpu()
-        response_mask = response_mask_from_tokens(responses, eos_id)
-        responses = torch.where(response_mask, responses, torch.full_like(responses, self.tokenizer.pad_token_id))
-        sequences = torch.cat([prompt_ids.cpu(), responses], dim=1)
-        attention_mask = torch.cat([prompt_mask.cpu(), response_mask.long()], dim=1)
-        texts = self.tokenizer.batch_decode(
-            [row[mask].tolist() for row, mask in zip(responses, response_mask)], skip_special_tokens=True
-        )
-        group_ids = torch.arange(len(prompts)).repeat_interleave(n)
-        return Rollouts(sequences, attention_mask, response_mask, group_ids, texts)
+        return assemble_rollouts(prompts, n, responses, self.tokenizer, logprobs)

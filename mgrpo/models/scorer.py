@@ -1,0 +1,87 @@
+"""`ResponseScorer`: a causal LM that returns the log-probs and entropies of response tokens only.
+
+The trainer never asks a model for its full logits. The decoder runs once over [prompt |
+response]; the hidden states of the positions that predict counted response tokens are picked
+out (prompt positions and padding are dropped before the LM head), and the LM head, the
+log-softmax and the entropy run over them `chunk_tokens` at a time. With gradients on, each chunk
+is recomputed in the backward pass instead of being stored, so a micro-batch never holds
+tokens x vocab logits (Qwen3: 151,936 entries per token) beyond one chunk, in float32 or
+otherwise.
+
+The scorer is also the root module that FSDP shards (`mgrpo.sharding`): the decoder layers are
+their own units and the root holds the embeddings, the final norm and the LM head, so tied
+embeddings stay in one unit and the chunked LM head runs inside the root's forward.
+Assumes logits = lm_head(final hidden state), as in Qwen, Llama and Mistral (no logit soft-capping).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from mgrpo.algos.entropy import logprobs_and_entropy
+
+
+class ResponseScorer(torch.nn.Module):
+    """Wraps a Hugging Face causal LM (`self.lm`, parameter names prefixed 'lm.')."""
+
+    def __init__(self, lm: torch.nn.Module, chunk_tokens: int = 1024) -> None:
+        super().__init__()
+        self.lm = lm
+        self.chunk_tokens = chunk_tokens
+
+    def forward(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor,
+        temperature: float,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Log-probs (and entropies) of the counted response tokens at `temperature`.
+
+        Args:
+            sequences: (b, P + R) left-padded prompt then right-padded response.
+            attention_mask: (b, P + R) 1 on real tokens.
+            response_mask: (b, R) bool, the response tokens that count.
+        Returns:
+            logprobs: (b, R) float32, 0 where the mask is off.
+            entropy: (b, R) float32 full-distribution entropy, or None when not asked for.
+        """
+        response_length = response_mask.shape[1]
+        prompt_length = sequences.shape[1] - response_length
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.lm.base_model(input_ids=sequences, attention_mask=attention_mask, position_ids=positions).last_hidden_state
+        # Position t predicts token t + 1: the response tokens are predicted from P - 1 .. P + R - 2.
+        predicting = hidden[:, prompt_length - 1 : -1][response_mask]
+        targets = sequences[:, prompt_length:][response_mask]
+        logprob_chunks, entropy_chunks = [], []
+        for start in range(0, targets.shape[0], self.chunk_tokens):
+            rows = slice(start, start + self.chunk_tokens)
+            args = (predicting[rows], targets[rows], temperature, with_entropy)
+            if torch.is_grad_enabled():
+                lp, ent = checkpoint(self._head, *args, use_reentrant=False)
+            else:
+                lp, ent = self._head(*args)
+            logprob_chunks.append(lp)
+            if ent is not None:
+                entropy_chunks.append(ent)
+        logprobs = torch.zeros(response_mask.shape, dtype=torch.float32, device=sequences.device)
+        if logprob_chunks:
+            logprobs = logprobs.masked_scatter(response_mask, torch.cat(logprob_chunks))
+        entropy = None
+        if with_entropy:
+            entropy = torch.zeros(response_mask.shape, dtype=torch.float32, device=sequences.device)
+            if entropy_chunks:
+                entropy = entropy.masked_scatter(response_mask, torch.cat(entropy_chunks))
+        return logprobs, entropy
+
+    def _head(
+        self, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(n,) log-probs and entropies of n tokens from their (n, H) hidden states."""
+        logits = self.lm.get_output_embeddings()(hidden)
+        lp, ent = logprobs_and_entropy(logits.unsqueeze(0), targets.unsqueeze(0), temperature, with_entropy=with_entropy)
+        return lp.squeeze(0), None if ent is None else ent.squeeze(0)
