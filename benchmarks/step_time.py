@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from mgrpo.rollout import encode_prompts, sample_seed
 from mgrpo.tracking import Tracker
-from mgrpo.trainer import Trainer, stream_seed
 from mgrpo.train import compose_config
+from mgrpo.trainer import Trainer
 
 PHASES = ("rollout", "score", "entropy", "filter", "vote", "advantages", "update", "ema")
 MGRPO_SPECIFIC = ("entropy", "filter", "vote", "ema")
@@ -69,11 +70,14 @@ def main() -> None:
         prompts = [p.prompt for p in trainer.batch_problems(1)]
         n, r = trainer.num_policy, trainer.cfg.rollout
         engine_times, bare_times = [], []
-        tokenizer, model = trainer.tokenizer, trainer.policy
+        tokenizer, model = trainer.tokenizer, trainer.policy.lm
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_ids = encode_prompts(tokenizer, prompts, r.max_prompt_tokens)
+        engine = trainer.engines.engines["policy"]
         for i in range(5):
             start = time.perf_counter()
-            trainer.policy_engine.generate(prompts, n, r.temperature, r.max_new_tokens, stream_seed(0, i, 0))
+            seeds = [sample_seed(0, i, "policy", j) for j in range(len(prompts))]
+            engine.generate(prompt_ids, n, r.temperature, r.max_new_tokens, seeds)
             engine_times.append(time.perf_counter() - start)
             start = time.perf_counter()
             with torch.no_grad():

@@ -57,8 +57,8 @@ class ResourcesConfig:
     nodes: int = 1
     """Nodes per job."""
     tasks_per_node: int = 1
-    """Processes per node. 1 for now: one process drives all of the node's GPUs. The multi-GPU
-    (FSDP) path will use one task per GPU (8 on an 8-GPU node)."""
+    """Ranks per node: one task per GPU (8 on an 8-GPU node). Every task runs the trainer as one
+    rank of the same run (FSDP over all of the job's tasks), so a job is one run."""
     gpus_per_node: int = 0
     """GPUs per node (0 for CPU jobs)."""
     cpus_per_task: int = 1

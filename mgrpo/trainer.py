@@ -254,6 +254,7 @@ class Trainer:
             members = keep[:num_policy_samples]
             advantages, adv_metrics = grpo_advantages(policy_rewards, policy_ro.group_ids, members, a.adv_eps, a.adv_std)
 
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
         with timed(times, "update"):
             self.engines.sleep_all()
             update = update_phase(
@@ -288,7 +289,7 @@ class Trainer:
             metrics["train/ema_param_distance"] = metrics["train/ema_param_distance"] ** 0.5
         if self.reference is None:
             metrics.pop("train/kl", None)
-        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["train/lr"] = lr
         if policy_ro.sampler_logprobs is not None:
             metrics.update(drifts)
         return metrics

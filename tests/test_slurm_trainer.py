@@ -81,3 +81,41 @@ def test_trainer_sweep_on_slurm_with_a_preempted_job(tiny_cache: Path, tmp_path:
         steps = [m.step for m in client.get_metric_history(resumed.info.run_id, key)]
         expected = [m.step for m in client.get_metric_history(uninterrupted.info.run_id, key)]
         assert sorted(steps) == sorted(expected) and len(steps) == len(set(steps)), (key, steps)
+
+
+@pytest.mark.timeout(400)
+def test_one_run_as_two_slurm_tasks_survives_preemption(tiny_cache: Path, tmp_path: Path) -> None:
+    """`resources.tasks_per_node=2`: one SLURM job, two tasks, one rank each, one MLflow run. The
+    job is preempted after its first checkpoint; submitit requeues it and both ranks resume."""
+    require_slurm()
+    import submitit
+    from mlflow.tracking import MlflowClient
+
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m", "cluster=slurm", "resources.tasks_per_node=2", "trainer.device=cpu", "trainer.total_steps=6",
+        "trainer.checkpoint_every=2", "tracking.uri=sqlite:///mlflow.db", "tracking.experiment=slurm_ranks",
+        "hydra.sweep.dir=sweep", *tiny_overrides(tiny_cache),
+    ]
+    proc = subprocess.Popen([sys.executable, "-m", "mgrpo.train", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: any((sweep / "0" / "checkpoints").glob("step_000002")), 240, "the first checkpoint")
+        job_id = next(p for p in (sweep / ".submitit").iterdir() if p.is_dir()).name
+        submitit.SlurmJob(str(sweep / ".submitit" / "%j"), job_id)._interrupt()
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    logs = sweep / ".submitit" / job_id
+    assert (logs / f"{job_id}_0_log.err").exists() and (logs / f"{job_id}_1_log.err").exists(), "two tasks"
+    assert "this job is preempted" in (logs / f"{job_id}_0_log.err").read_text()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("slurm_ranks").experiment_id])
+    assert len(runs) == 1, "two ranks make one MLflow run"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mgrpo.world_size"] == "2" and run.data.tags["mgrpo.restarts"] == "1"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 7)) and len(steps) == len(set(steps))
