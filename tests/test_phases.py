@@ -220,3 +220,26 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_lambda(55, 100, 0.1, "cosine", 0.0) == pytest.approx(0.5)
     assert lr_lambda(100, 100, 0.1, "cosine", 0.1) == pytest.approx(0.1)
     assert lr_lambda(50, 100, 0.0, "constant", 0.0) == 1.0
+
+
+@pytest.mark.parametrize("micro_batch_size", [8, 2])
+def test_kl_metric_is_the_mini_batch_kl_whatever_the_micro_batches(tiny, micro_batch_size):
+    """train/kl is the token-mean KL over the whole mini-batch, for 1 and 4 micro-batches."""
+    from mgrpo.algos.losses import kl_penalty
+
+    model, tokenizer = tiny
+    scorer = ResponseScorer(model)
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer, PROMPTS[:2]), 4, 1.0, 10, [11, 12])
+    old = score_phase(scorer, ro, 1.0, 64).logprobs
+    reference = old + 0.05 * torch.randn(old.shape, generator=torch.Generator().manual_seed(0))
+    members = torch.ones(8, dtype=torch.bool)
+    settings = LossSettings(**{**SETTINGS.__dict__, "kl_coef": 0.1})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    plan = plan_update(ro.response_mask, 1, 1, micro_batch_size, 0)
+    assert len(plan.micro_batches[0]) == 8 // micro_batch_size
+    metrics = update_phase(scorer, opt, ro, old, reference, torch.zeros(8), members, plan, settings)
+    mask = ro.response_mask
+    expected = float((kl_penalty(old, reference) * mask).sum() / mask.sum())
+    assert metrics["kl"] == pytest.approx(expected, rel=1e-4)
+    model.load_state_dict(before)

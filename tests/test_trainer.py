@@ -270,3 +270,13 @@ def test_local_multirun_over_momentum_and_iqr_k(tiny_cache, tmp_path):
     assert set(runs[0].data.tags["mgrpo.swept_params"].split(",")) == {"algo.momentum", "algo.iqr_k"}
     grid = sorted((r.data.params["algo.momentum"], r.data.params["algo.iqr_k"]) for r in runs)
     assert grid == [("0.9", "0.5"), ("0.9", "None"), ("0.99", "0.5"), ("0.99", "None")]
+
+
+def test_run_directory_names_stay_short_and_distinct():
+    from mgrpo.train import SLUG_MAX, _slug
+
+    assert _slug("") == "default" and _slug("algo=srt,trainer.seed=1") == "algo=srt,trainer.seed=1"
+    long_a = ",".join(f"trainer.key{i}={i}" for i in range(40))
+    long_b = long_a + ",x=1"
+    assert len(_slug(long_a).encode()) <= SLUG_MAX and _slug(long_a) != _slug(long_b)
+    assert _slug("model.name_or_path=/a/b") == "model.name_or_path=_a_b"
