@@ -33,6 +33,14 @@ def sample_seed(seed: int, step: int, role: str, prompt_index: int) -> int:
     return int(np.random.SeedSequence([seed, step, ROLE_STREAMS[role], prompt_index]).generate_state(1)[0])
 
 
+def sample_seed_of(prompt_seed: int, sample: int) -> int:
+    """The seed of sample `sample` of a prompt seeded `prompt_seed`: 63 bits of
+    SeedSequence([prompt_seed, sample]), so prompts with nearby seeds share no samples (vLLM's own
+    n > 1 would seed sample j with seed + j). Every engine seeds sample j of prompt i with it."""
+    state = np.random.SeedSequence([int(prompt_seed), sample]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
 @dataclass
 class Rollouts:
     """A batch of B = len(prompts) * n samples."""

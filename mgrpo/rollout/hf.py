@@ -17,23 +17,17 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from typing import Callable, Iterable, Optional, Sequence
 
-import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from mgrpo.rollout.base import Rollouts, assemble_rollouts, left_pad
+from mgrpo.rollout.base import Rollouts, assemble_rollouts, left_pad, sample_seed_of
 
 _TINY = torch.finfo(torch.float32).tiny
 
 
 def sample_generators(seeds: Sequence[int], n: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per sample, row i * n + j seeded from (seeds[i], j)."""
-    generators = []
-    for seed in seeds:
-        for j in range(n):
-            state = int(np.random.SeedSequence([int(seed), j]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-            generators.append(torch.Generator(device=device).manual_seed(state))
-    return generators
+    """One generator per sample, row i * n + j seeded with `sample_seed_of(seeds[i], j)`."""
+    return [torch.Generator(device=device).manual_seed(sample_seed_of(seed, j)) for seed in seeds for j in range(n)]
 
 
 class GumbelMaxSampler(LogitsProcessor):
