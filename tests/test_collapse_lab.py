@@ -23,7 +23,7 @@ def test_collapse_lab_report_flags_srt_and_not_mgrpo(tiny_cache, tmp_path):
     common = [
         "experiment=collapse_lab",
         "trainer.seed=0",
-        "trainer.total_steps=160",
+        "trainer.total_steps=200",
         "trainer.progress=false",
         f"model.tiny.cache_dir={tiny_cache}",
         f"tracking.uri={uri}",

