@@ -214,7 +214,8 @@ def latest_checkpoint(output_dir: Path) -> Optional[LoadedCheckpoint]:
 def check_compatible(checkpoint: LoadedCheckpoint, fingerprint: dict[str, str]) -> None:
     """Refuse to resume under a configuration that changes what is being trained."""
     saved = checkpoint.state.get("fingerprint", {})
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in fingerprint.items() if saved.get(k) != v]
+    # A setting the checkpoint does not know is newer than it: only settings both know can differ.
+    diffs = [f"{k}: checkpoint {saved[k]!r} vs now {v!r}" for k, v in fingerprint.items() if k in saved and saved[k] != v]
     if diffs:
         raise CheckpointError(
             f"checkpoint {checkpoint.path} was written by a different configuration ("

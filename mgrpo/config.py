@@ -25,7 +25,7 @@ DTYPES = ("float32", "bfloat16")
 ROLLOUT_ENGINES = ("hf", "vllm")
 ENGINE_WEIGHTS = ("shared", "separate")
 LR_SCHEDULES = ("cosine", "constant")
-TASKS = ("arithmetic", "jsonl", "hf")
+TASKS = ("arithmetic", "jsonl", "parquet", "hf")
 OBJECTIVES = ("final_accuracy", "stable_accuracy")
 
 
@@ -121,11 +121,43 @@ class TinyModelConfig:
 
 
 @dataclass
+class TinyBPEModelConfig:
+    """The real-tokenizer test model (`model.name_or_path=tiny_bpe`, see `mgrpo.models.bpe`): a
+    randomly initialised small Qwen3 with a byte-level BPE tokenizer trained on MATH text and a
+    Qwen3-style chat template, so the MATH path (chat template, long BPE prompts, \\boxed{}
+    grading, vLLM) runs for real on CPU. It scores about 0 on MATH. Every field but `cache_dir` is
+    part of the cache key, as is the corpus file's content."""
+
+    corpus_path: Optional[str] = None
+    """JSONL or Parquet records whose `problem` and `solution` fields train the tokenizer (e.g.
+    ../shared/data/math4500.jsonl). null: data.train_path, when data.task is jsonl or parquet."""
+    vocab_size: int = 1024
+    """BPE vocabulary, including the 256 byte tokens and the 3 special tokens."""
+    hidden_size: int = 64
+    """Width of the residual stream; hidden_size / num_heads is the head size (>= 32: vLLM's CPU
+    attention needs it)."""
+    num_layers: int = 2
+    """Transformer blocks."""
+    num_heads: int = 2
+    """Attention heads (no grouped KV)."""
+    intermediate_size: int = 128
+    """Width of the SwiGLU MLP."""
+    max_position_embeddings: int = 4096
+    """Recorded context length (vLLM's max_model_len may not exceed it); RoPE has no table, so it
+    costs nothing. The paper's 512 + 3072 tokens fit."""
+    seed: int = 0
+    """Seed of the initial weights."""
+    cache_dir: str = "~/.cache/mgrpo"
+    """Where built models are kept, as tiny_bpe-<hash of the settings and the corpus>."""
+
+
+@dataclass
 class ModelConfig:
     """Which model is the policy (and the initial momentum and reference)."""
 
     name_or_path: str = "tiny"
-    """'tiny' (built and cached on first use), a local HF checkpoint dir, or a hub name."""
+    """'tiny' (built and cached on first use), 'tiny_bpe' (the real-tokenizer test model, also
+    built and cached), a local HF checkpoint dir, or a hub name."""
     dtype: str = "float32"
     """Compute dtype: float32 | bfloat16. Master weights, optimizer state and the momentum EMA are
     float32 whatever this says; bfloat16 casts weights for the forward and backward (FSDP mixed
@@ -137,30 +169,45 @@ class ModelConfig:
     at the cost of a host-to-device copy per forward."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Settings of the built-in model, used when name_or_path is 'tiny'."""
+    tiny_bpe: TinyBPEModelConfig = field(default_factory=TinyBPEModelConfig)
+    """Settings of the real-tokenizer test model, used when name_or_path is 'tiny_bpe'."""
 
 
 @dataclass
 class DataConfig:
-    """Training prompts and the held-out evaluation set."""
+    """Training prompts, the selection set, and where the reported benchmarks are read from.
+
+    Two kinds of held-out data, kept apart on purpose (see `mgrpo.tasks.benchmarks`):
+    - the *selection set* (`eval_path`, or a seeded slice of the training data): logged as
+      `val/accuracy`; the online collapse monitor, `monitor.stop_on_collapse` and the Optuna
+      objective read it, and nothing else;
+    - the *benchmarks* (`trainer.eval_benchmarks`, read from `benchmarks_dir` / `benchmark_paths`):
+      logged as `val/<benchmark>/...`; reported, never read by anything that chooses a run or a step.
+    """
 
     task: str = "arithmetic"
-    """arithmetic (synthetic, built in) | jsonl (local file) | hf (Hugging Face dataset)."""
+    """arithmetic (synthetic, built in) | jsonl | parquet (local files: a .jsonl file, or a .parquet
+    file or a directory of .parquet shards; each path is read by its own suffix) | hf (a Hugging
+    Face dataset name, or a local copy of one: a `hf download` or `save_to_disk`
+    directory)."""
     num_operands: int = 3
     """Arithmetic: numbers summed per problem."""
     num_digits: int = 2
     """Arithmetic: digits per number (the first is nonzero)."""
     heldout_size: int = 1000
-    """Held-out problems: arithmetic, exactly this many (a smaller size gives a subset); jsonl/hf,
-    a cap on eval_path's problems, or the size of the split held out of train_path (at most 20%)."""
+    """Selection-set problems: arithmetic, exactly this many (a smaller size gives a subset);
+    other tasks, a cap on eval_path's problems, or the size of the slice held out of train_path
+    (at most 20%)."""
     train_path: Optional[str] = None
-    """jsonl: training problems file; hf: dataset name."""
+    """jsonl/parquet: training problems file; hf: dataset name or local dataset directory."""
     eval_path: Optional[str] = None
-    """jsonl: held-out problems file; hf: dataset name (split eval_split). null: a seeded split
-    of train_path's problems is held out."""
+    """The selection set's file (jsonl/parquet) or dataset (hf, split eval_split). null (the
+    default): a seeded slice of train_path's problems is held out. Never a reported benchmark:
+    a run is not selected on the numbers it reports."""
     split: str = "train"
     """hf: split of the training dataset."""
     eval_split: str = "test"
-    """hf: split of the evaluation dataset."""
+    """hf: split of the selection dataset."""
     problem_key: str = "problem"
     """Field holding the problem text."""
     answer_key: Optional[str] = "answer"
@@ -169,13 +216,36 @@ class DataConfig:
     solution_key: str = "solution"
     """Field whose last \\boxed{} (or '#### x', as in GSM8K) is the gold answer when answer_key
     gives none; rows with neither are unlabeled (answer None)."""
-    prompt_template: str = "{problem}"
-    """The prompt: '{problem}' is replaced by the problem text; other braces are kept as written,
-    so a template can ask for a \\boxed{} answer without escaping."""
+    prompt_template: Optional[str] = None
+    """The user message: '{problem}' is replaced by the problem text; other braces are kept as
+    written, so a template can ask for a \\boxed{} answer without escaping. null: the task's
+    default, '{problem}' for arithmetic and `mgrpo.tasks.prompts.MATH_PROMPT` (step-by-step
+    reasoning, final answer in \\boxed{}) for the others. Math benchmarks use it too (MATH_PROMPT
+when null, whatever the task)."""
+    chat_template: bool = True
+    """Wrap each prompt in the tokenizer's chat template as one user turn (with the assistant's
+    generation prompt) when the tokenizer has one; false feeds the raw text (e.g. to base-model
+    completion prompts). Tokenizers without a template (the built-in tiny model) get raw text."""
     max_train_problems: Optional[int] = None
     """Cap on the training pool (null: all of the file or dataset; 50,000 for arithmetic)."""
     seed: int = 0
-    """Seed of the synthetic task and of the train/held-out split."""
+    """Seed of the synthetic task and of the train/selection split."""
+    benchmarks_dir: Optional[str] = None
+    """Directory holding benchmark files named after the benchmark: <name>.jsonl, .parquet, .json
+    or .csv (e.g. math500.jsonl, gpqa_diamond.csv). null: only benchmark_paths and the hub."""
+    benchmark_paths: dict[str, str] = field(default_factory=dict)
+    """Per-benchmark source, overriding benchmarks_dir: a local file, a local dataset directory,
+    or a hub dataset name ('name' or 'name:split'). A name not in `mgrpo.tasks.benchmarks.BENCHMARKS`
+    defines a new benchmark (math-style records, or GPQA-style ones when the file has GPQA's
+    fields). Set one with `+data.benchmark_paths.gpqa_diamond=/data/gpqa_diamond.csv`."""
+
+    def resolved_prompt_template(self) -> str:
+        """`prompt_template`, or the task's default when it is null."""
+        if self.prompt_template is not None:
+            return self.prompt_template
+        from mgrpo.tasks.prompts import default_prompt_template
+
+        return default_prompt_template(self.task)
 
 
 @dataclass
@@ -254,9 +324,21 @@ class TrainerConfig:
     prompts_per_step: int = 16
     seed: int = 0
     eval_every: int = 25
-    """Evaluate on the held-out set every this many steps (and at step 0 and the end)."""
+    """Evaluate on the selection set (and the benchmarks) every this many steps, and at step 0
+    and the end."""
     eval_size: Optional[int] = None
-    """Held-out problems used per evaluation (null: all)."""
+    """Selection-set problems used per evaluation (null: all)."""
+    eval_benchmarks: list[str] = field(default_factory=list)
+    """Benchmarks evaluated at each evaluation, e.g. [math500, aime24] (names in
+    `mgrpo.tasks.benchmarks.BENCHMARKS`, or keys of data.benchmark_paths). Logged as
+    val/<name>/mean_at_<n> (with _se), maj_at_<n> and pass_at_<k>: reported only, never read by
+    the collapse monitor, stop_on_collapse or the objective, which read the selection set."""
+    eval_benchmark_samples: Optional[int] = None
+    """n, samples per benchmark problem, for every benchmark. null: each benchmark's own count at
+    rollout.eval_temperature > 0 (the paper's: 8 for AIME and GPQA-Diamond), 1 with greedy eval."""
+    eval_benchmark_limit: Optional[int] = None
+    """Evaluate only the first this many problems of each benchmark (quick checks; the numbers are
+    then not the benchmark's). null: all."""
     checkpoint_every: int = 25
     keep_last: int = 2
     """Checkpoints kept on disk; older ones are deleted after a newer one is complete."""
@@ -276,8 +358,9 @@ class TrainerConfig:
     progress: bool = True
     """Show a progress bar."""
     objective: str = "final_accuracy"
-    """What the job returns (e.g. to an Optuna sweep): final_accuracy (last val/accuracy) or
-    stable_accuracy (final - objective_drop_penalty * (peak - final)), which penalises collapse."""
+    """What the job returns (e.g. to an Optuna sweep), from the selection set's val/accuracy:
+    final_accuracy (its last value) or stable_accuracy (final - objective_drop_penalty *
+    (peak - final)), which penalises collapse. Benchmarks never enter it."""
     objective_drop_penalty: float = 1.0
 
 
@@ -372,9 +455,24 @@ def validate(cfg: Config) -> None:
 
     _one_of("model.dtype", cfg.model.dtype, DTYPES)
     path = cfg.model.name_or_path
-    if path != "tiny" and (path.startswith((".", "/", "~")) or Path(path).expanduser().exists()):
+    if path not in ("tiny", "tiny_bpe") and (path.startswith((".", "/", "~")) or Path(path).expanduser().exists()):
         if not Path(path).expanduser().is_dir():
-            _fail("model.name_or_path", path, "no such model directory; use 'tiny' or an HF checkpoint dir")
+            _fail("model.name_or_path", path, "no such model directory; use 'tiny', 'tiny_bpe' or an HF checkpoint dir")
+    if path == "tiny_bpe":
+        from mgrpo.models.bpe import check_tiny_bpe_settings
+
+        try:
+            check_tiny_bpe_settings(cfg.model.tiny_bpe)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        corpus = cfg.model.tiny_bpe.corpus_path
+        if corpus is None and cfg.data.task not in ("jsonl", "parquet"):
+            _fail(
+                "model.tiny_bpe.corpus_path", corpus,
+                f"tiny_bpe trains its tokenizer on MATH text; give a JSONL or Parquet file (data.task={cfg.data.task} has none)",
+            )
+        if corpus is not None and not Path(corpus).expanduser().exists():
+            _fail("model.tiny_bpe.corpus_path", corpus, "no such file")
 
     d = cfg.data
     _one_of("data.task", d.task, TASKS)
@@ -386,15 +484,15 @@ def validate(cfg: Config) -> None:
     else:
         if not d.train_path:
             _fail("data.train_path", d.train_path, f"data.task={d.task} needs a file or dataset name")
-        if d.task == "jsonl":
+        if d.task in ("jsonl", "parquet"):
             for key in ("train_path", "eval_path"):
                 p = getattr(d, key)
-                if p and not Path(p).expanduser().is_file():
+                if p and not Path(p).expanduser().exists():
                     _fail(f"data.{key}", p, "no such file")
     if d.heldout_size < 1:
         _fail("data.heldout_size", d.heldout_size, "must be >= 1")
-    if "{problem}" not in d.prompt_template:
-        _fail("data.prompt_template", d.prompt_template, "must contain {problem}")
+    if d.prompt_template is not None and "{problem}" not in d.prompt_template:
+        _fail("data.prompt_template", d.prompt_template, "must contain {problem} (or be null for the task's default)")
 
     r = cfg.rollout
     _one_of("rollout.engine", r.engine, ROLLOUT_ENGINES)
@@ -435,9 +533,41 @@ def validate(cfg: Config) -> None:
         if not getattr(t, key) > 0:
             _fail(f"trainer.{key}", getattr(t, key), "must be > 0 (seconds)")
     _one_of("trainer.objective", t.objective, OBJECTIVES)
+    validate_benchmarks(cfg)
 
     if cfg.monitor.every < 1:
         _fail("monitor.every", cfg.monitor.every, "must be >= 1")
+
+
+def validate_benchmarks(cfg: Config) -> None:
+    """Benchmark names and counts, and the rule that the selection set is no reported benchmark."""
+    from mgrpo.tasks.benchmarks import benchmark_source, check_benchmark_names, same_source
+
+    t, d = cfg.trainer, cfg.data
+    try:
+        check_benchmark_names(t.eval_benchmarks, d)
+    except ValueError as e:
+        raise ConfigError(f"trainer.eval_benchmarks={list(t.eval_benchmarks)!r} is invalid: {e}") from None
+    for key in ("eval_benchmark_samples", "eval_benchmark_limit"):
+        value = getattr(t, key)
+        if value is not None and value < 1:
+            _fail(f"trainer.{key}", value, "must be >= 1, or null")
+    if t.eval_benchmark_samples is not None and t.eval_benchmark_samples > 1 and cfg.rollout.eval_temperature == 0:
+        _fail(
+            "trainer.eval_benchmark_samples", t.eval_benchmark_samples,
+            "greedy evaluation (rollout.eval_temperature=0) gives n identical samples; use 1, or set rollout.eval_temperature > 0",
+        )
+    for name in t.eval_benchmarks:
+        try:
+            source = benchmark_source(name, d)  # local files are checked; hub names when loaded
+        except FileNotFoundError as e:
+            raise ConfigError(f"trainer.eval_benchmarks: {e}") from None
+        if d.eval_path and same_source(d.eval_path, source):
+            _fail(
+                "data.eval_path", d.eval_path,
+                f"it is the benchmark {name} that the run reports, and the selection set chooses runs and steps; "
+                "set data.eval_path=null (a seeded slice of the training data is held out) or another file",
+            )
 
 
 def register_configs() -> None:

@@ -31,6 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from mgrpo.checkpoint import CheckpointError
 from mgrpo.config import Config, ConfigError, register_configs, validate
 from mgrpo.parallel import RankFailure, Ranks, init_ranks
+from mgrpo.models.loading import ModelLoadError
+from mgrpo.tasks.base import DataError
 from mgrpo.tracking import Tracker, flatten, resolve_tracking_uri
 from mgrpo.rollout.handoff import StaleWeightsError
 
@@ -187,11 +189,11 @@ def main(dict_cfg: DictConfig) -> float:
     launch_dir = Path(hydra_cfg.runtime.cwd)
     try:
         return run(cfg, output_dir, launch_dir, sweep_tags())
-    except (ConfigError, CheckpointError, RankFailure, StaleWeightsError) as err:
+    except (ConfigError, CheckpointError, DataError, ModelLoadError, FileNotFoundError, RankFailure, StaleWeightsError) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2 if isinstance(err, (ConfigError, CheckpointError)) else 1)
+        sys.exit(1 if isinstance(err, (RankFailure, StaleWeightsError)) else 2)
 
 
 if __name__ == "__main__":

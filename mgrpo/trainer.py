@@ -38,7 +38,7 @@ from mgrpo.algos.ema import ema_update_
 from mgrpo.algos.registry import REWARD_SOURCES
 from mgrpo.algos.rewards import grpo_advantages
 from mgrpo.config import Config
-from mgrpo.evaluation import EvalSamples, evaluation_report, sample_answers
+from mgrpo.evaluation import EvalSamples, eval_seeds, evaluation_report, prepare_benchmarks, sample_answers, score_benchmark
 from mgrpo.models.loading import load_tokenizer, resolve_model_path
 from mgrpo.models.setup import build_training_models
 from mgrpo.parallel import Ranks
@@ -48,7 +48,8 @@ from mgrpo.rollout.base import Rollouts
 from mgrpo.rollout.handoff import StaleWeightsError
 from mgrpo.sharding import compute_context, full_parameters
 from mgrpo.step_metrics import logprob_drift, step_metrics
-from mgrpo.tasks import Problem, load_task
+from mgrpo.tasks import Problem, load_task, prepare_task
+from mgrpo.tasks.benchmarks import Benchmark, samples_for
 from mgrpo.tracking import Tracker, flatten
 from mgrpo_analysis.detectors import ACCURACY, USED_METRICS
 from mgrpo_analysis.monitor import Thresholds, check_history
@@ -78,6 +79,11 @@ FINGERPRINT_EXCLUDE = {
     "rollout.logits_chunk_tokens",
     "rollout.max_logprob_drift",
     "rollout.engine_weights",
+    "trainer.eval_benchmarks",
+    "trainer.eval_benchmark_samples",
+    "trainer.eval_benchmark_limit",
+    "data.benchmarks_dir",
+    "model.tiny_bpe.cache_dir",
 }
 """Settings that change how fast or where a run goes, not what it trains: a resume may change them."""
 SHUFFLE_STREAM = 3
@@ -93,9 +99,13 @@ class Trainer:
         self.ranks = ranks or Ranks(device=torch.device("cuda" if cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available()) else "cpu"))
         torch.set_num_threads(cfg.trainer.num_threads)
         transformers.utils.logging.disable_progress_bar()
-        self.data = load_task(cfg.data)
         self.model_path = resolve_model_path(cfg.model, cfg.data)
         self.tokenizer = load_tokenizer(self.model_path)
+        # Prompts as the model sees them (chat template), over-long ones dropped and counted.
+        self.prepared = prepare_task(load_task(cfg.data), self.tokenizer, cfg.data.chat_template, cfg.rollout.max_prompt_tokens)
+        self.data = self.prepared.data
+        t = cfg.trainer
+        self.benchmarks = prepare_benchmarks(t.eval_benchmarks, cfg.data, self.tokenizer, cfg.rollout.max_prompt_tokens, t.eval_benchmark_limit)
         self.compute_dtype = getattr(torch, cfg.model.dtype)
         self.context = compute_context(self.ranks, self.compute_dtype)
         models = build_training_models(cfg, self.model_path, self.ranks)
@@ -128,7 +138,9 @@ class Trainer:
         return {
             k: v
             for k, v in flat.items()
-            if k.startswith(keep) and k not in FINGERPRINT_EXCLUDE and not k.startswith("rollout.vllm_")
+            if k.startswith(keep)
+            and k not in FINGERPRINT_EXCLUDE
+            and not k.startswith(("rollout.vllm_", "data.benchmark_paths."))
         }
 
     def training_state(self) -> ckpt.TrainingState:
@@ -314,13 +326,24 @@ class Trainer:
 
     # ---- evaluation, monitoring ------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out metrics, sampled by all ranks (a contiguous share each), scored on rank 0."""
+        """Selection-set metrics (val/accuracy, ...: what the monitor and the objective read) and
+        benchmark metrics (val/<benchmark>/...: reported only), sampled by all ranks (a
+        contiguous share of each set), scored on rank 0. Step 0 also logs the data's counts."""
+        out = self.evaluate_selection(step)
+        for benchmark in self.benchmarks:
+            out.update(self.evaluate_benchmark(benchmark, step))
+        if step == 0 and self.ranks.is_main:
+            out.update({f"data/{k}": float(v) for k, v in self.prepared.summary().items()})
+        return out if self.ranks.is_main else {}
+
+    def evaluate_selection(self, step: int) -> dict[str, float]:
+        """val/accuracy (mean over rollout.eval_samples), val/maj_accuracy, ... on the selection set."""
         cfg, r = self.cfg, self.cfg.rollout
         heldout = self.data.heldout[: cfg.trainer.eval_size] if cfg.trainer.eval_size else self.data.heldout
         share = np.array_split(np.arange(len(heldout)), self.ranks.world_size)[self.ranks.rank].tolist()
         prompts = encode_prompts(self.tokenizer, [heldout[i].prompt for i in share], r.max_prompt_tokens)
         engine = self.engines.acquire("policy", self.versions["policy"], lambda: full_parameters(self.policy, self.compute_dtype))
-        seeds = [sample_seed(cfg.trainer.seed, step, "eval", i) for i in share]
+        seeds = eval_seeds(cfg.trainer.seed, step, share)
         mine = sample_answers(engine, prompts, share, r.eval_samples, r.eval_temperature, r.max_new_tokens, seeds) if share else EvalSamples([], [], [], [])
         gathered = self.ranks.all_gather_objects(mine)
         if not self.ranks.is_main:
@@ -338,9 +361,36 @@ class Trainer:
             out.pop("val/maj_accuracy")
         return out
 
+    def evaluate_benchmark(self, benchmark: Benchmark, step: int) -> dict[str, float]:
+        """val/<benchmark>/mean_at_<n>, _se, maj_at_<n>, pass_at_<k>, ... (see `mgrpo.evaluation`),
+        with the same seeds as `mgrpo-eval` on this step's checkpoint. Never enters the history
+        the monitor and the objective read."""
+        cfg, r = self.cfg, self.cfg.rollout
+        n = samples_for(benchmark, cfg.trainer.eval_benchmark_samples, r.eval_temperature)
+        extract, equivalent = benchmark.grader(self.equivalent)
+        problems = benchmark.problems
+        share = np.array_split(np.arange(len(problems)), self.ranks.world_size)[self.ranks.rank].tolist()
+        prompts = encode_prompts(self.tokenizer, [problems[i].prompt for i in share], r.max_prompt_tokens)
+        engine = self.engines.acquire("policy", self.versions["policy"], lambda: full_parameters(self.policy, self.compute_dtype))
+        seeds = eval_seeds(cfg.trainer.seed, step, share, benchmark.name)
+        mine = sample_answers(engine, prompts, share, n, r.eval_temperature, r.max_new_tokens, seeds, extract) if share else EvalSamples([], [], [], [])
+        gathered = self.ranks.all_gather_objects(mine)
+        if not self.ranks.is_main:
+            return {}
+        samples = EvalSamples([], [], [], [])
+        for part in gathered:
+            samples.extend(part)
+        result = score_benchmark(benchmark.name, samples, problems, n, equivalent, cfg.trainer.log_completions)
+        path = self.output_dir / "completions" / f"step_{step:06d}_{benchmark.name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(c) + "\n" for c in result.completions))
+        self.tracker.log_artifact(path, "completions")
+        return result.tracking_metrics()
+
     def monitor(self, step: int) -> bool:
         """Run the collapse detectors on the curves so far (rank 0); True on every rank when the
-        run should stop."""
+        run should stop. They read the selection set's val/accuracy and the train/* curves
+        (`MONITORED`), never a benchmark's val/<benchmark>/* metrics."""
         mon = self.cfg.monitor
         if not mon.enabled or (step % mon.every != 0 and step != self.cfg.trainer.total_steps):
             return False
@@ -361,7 +411,8 @@ class Trainer:
         return bool(self.ranks.broadcast_object(stop))
 
     def objective(self) -> float:
-        curve = [v for _, v in self.history["val/accuracy"]]
+        """trainer.objective over the selection set's val/accuracy curve (never a benchmark)."""
+        curve = [v for _, v in self.history[ACCURACY]]
         if not curve:
             return float("nan")
         final, peak = curve[-1], max(curve)

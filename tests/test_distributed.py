@@ -118,12 +118,13 @@ def test_bf16_autocast_on_one_rank_moves_float32_masters():
 @pytest.mark.parametrize("algo", ["mgrpo", "srt"])
 def test_two_ranks_match_one_rank(algo, tiny_cache, tmp_path):
     """The real trainer on 2 ranks gives the 1-rank run's per-step metrics (tolerance above);
-    kl_coef > 0, so the sharded reference is exercised too."""
+    kl_coef > 0, so the sharded reference is exercised too, and the 2-rank run recomputes its
+    activations (gradient checkpointing), which must change nothing."""
     uri_one, uri_two = f"sqlite:///{tmp_path}/one.db", f"sqlite:///{tmp_path}/two.db"
     train(fast_overrides(tiny_cache, uri_one, "ranks", f"algo={algo}", "algo.kl_coef=0.01"), tmp_path / "one")
     two = torchrun(
         ["-m", "mgrpo.train", *fast_overrides(tiny_cache, uri_two, "ranks", f"algo={algo}", "algo.kl_coef=0.01"),
-         "trainer.device=cpu", f"trainer.output_dir={tmp_path}/two"],
+         "trainer.device=cpu", "model.gradient_checkpointing=true", f"trainer.output_dir={tmp_path}/two"],
         cwd=tmp_path,
     )
     assert two.returncode == 0, two.stderr[-3000:]
@@ -135,7 +136,8 @@ def test_two_ranks_match_one_rank(algo, tiny_cache, tmp_path):
 @pytest.mark.slow
 def test_a_rank_with_nothing_to_train_does_not_hang(tiny_cache, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = [str(tmp_path / "run"), *fast_overrides(tiny_cache, uri, "empty", "trainer.total_steps=2", "trainer.device=cpu")]
+    # In bf16 compute (FSDP mixed precision over float32 shards), the paper's precision.
+    args = [str(tmp_path / "run"), *fast_overrides(tiny_cache, uri, "empty", "trainer.total_steps=2", "trainer.device=cpu", "model.dtype=bfloat16")]
     result = run_app("train-empty-rank", tmp_path, *args)
     assert result["finished"]
     series = next(iter(metric_series(uri, "empty").values()))

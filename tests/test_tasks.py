@@ -199,7 +199,7 @@ def test_missing_problem_field_names_line_key_and_setting(tmp_path):
     message = str(info.value)
     assert "q.jsonl line 1" in message and "'problem'" in message and "question" in message
     assert "data.problem_key" in message
-    data = load_task(jsonl_cfg(path, problem_key="question"))
+    data = load_task(jsonl_cfg(path, problem_key="question", prompt_template="{problem}"))
     assert data.train[0].prompt == "a" and data.train[0].answer == "1"
 
 
@@ -252,7 +252,7 @@ def test_hf_task_maps_rows_like_jsonl(monkeypatch):
         return tables[(name, split)]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    cfg = DataConfig(task="hf", train_path="toy", eval_path="toy", problem_key="question")
+    cfg = DataConfig(task="hf", train_path="toy", eval_path="toy", problem_key="question", prompt_template="{problem}")
     data = load_task(cfg)
     assert calls == [("toy", "train"), ("toy", "test")]
     assert [p.prompt for p in data.train] == [f"q{i}" for i in range(10)]

@@ -2,17 +2,22 @@
 
 - `mgrpo.models.tiny`: character tokenizer, tiny Qwen3 LM, and the cached supervised build of
   a decent-but-imperfect base model (`ensure_tiny_base_model`);
+- `mgrpo.models.bpe`: the real-tokenizer test model (byte-level BPE trained on MATH text, a
+  Qwen3-style chat template, random weights), cached likewise (`ensure_tiny_bpe_model`);
 - `mgrpo.models.loading`: `resolve_model_path`, `load_tokenizer`, `load_causal_lm`.
 """
 
-from mgrpo.models.loading import ModelLoadError, load_causal_lm, load_tokenizer, resolve_model_path
+from mgrpo.models.bpe import ensure_tiny_bpe_model
+from mgrpo.models.loading import BUILT_MODELS, ModelLoadError, load_causal_lm, load_tokenizer, resolve_model_path
 from mgrpo.models.tiny import build_tiny_model, build_tiny_tokenizer, ensure_tiny_base_model
 
 __all__ = [
+    "BUILT_MODELS",
     "ModelLoadError",
     "build_tiny_model",
     "build_tiny_tokenizer",
     "ensure_tiny_base_model",
+    "ensure_tiny_bpe_model",
     "load_causal_lm",
     "load_tokenizer",
     "resolve_model_path",

@@ -1,8 +1,11 @@
 """Loading the policy: resolve `model.name_or_path`, then load its tokenizer and weights.
 
-`model.name_or_path` is 'tiny' (the built-in base model, built and cached on first use), a
-local Hugging Face checkpoint directory, or a hub name. Loading failures name the path and the
-config key to change.
+`model.name_or_path` is 'tiny' (the built-in base model, built and cached on first use),
+'tiny_bpe' (the real-tokenizer test model, `mgrpo.models.bpe`, also built and cached), a local
+Hugging Face checkpoint directory, or a hub name. Offline (`HF_HUB_OFFLINE=1`), a hub name
+resolves only from the local Hugging Face cache: download the model once where the hub is
+reachable (`hf download <name> --local-dir <dir>`) and point model.name_or_path at
+the directory. Loading failures name the path and the config key to change.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mgrpo.models.bpe import ensure_tiny_bpe_model
 from mgrpo.models.tiny import ensure_tiny_base_model
 
 if TYPE_CHECKING:
@@ -23,9 +27,13 @@ class ModelLoadError(RuntimeError):
     """A model or tokenizer could not be loaded; the message names the path and the config key."""
 
 
+BUILT_MODELS = ("tiny", "tiny_bpe")
+"""Names of the models this package builds and caches itself."""
+
+
 def _hint(path: str) -> str:
     return (
-        f"model.name_or_path={path!r}: set model.name_or_path to 'tiny', a local Hugging Face "
+        f"model.name_or_path={path!r}: set model.name_or_path to 'tiny', 'tiny_bpe', a local Hugging Face "
         f"checkpoint directory, or a hub model name available offline"
     )
 
@@ -34,12 +42,18 @@ def resolve_model_path(model: ModelConfig, data: DataConfig) -> str:
     """A path or hub name that `from_pretrained` accepts.
 
     'tiny' builds (or finds) the cached tiny base model for `model.tiny` and `data`'s arithmetic
-    settings; an existing directory is returned as an absolute path; a name that looks like a path
-    ('.', '/' or '~' first) but is no directory is an error; anything else is a hub name.
+    settings; 'tiny_bpe' the real-tokenizer test model for `model.tiny_bpe` (its corpus defaults
+    to data.train_path); an existing directory is returned as an absolute path; a name that looks
+    like a path ('.', '/' or '~' first) but is no directory is an error; anything else is a hub name.
     """
     name = model.name_or_path
     if name == "tiny":
         return str(ensure_tiny_base_model(model.tiny, data))
+    if name == "tiny_bpe":
+        try:
+            return str(ensure_tiny_bpe_model(model.tiny_bpe, data))
+        except (ValueError, FileNotFoundError) as e:
+            raise ModelLoadError(str(e)) from e
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())

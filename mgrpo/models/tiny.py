@@ -235,14 +235,14 @@ def pretrain(
     generalisation, as the held-out set will.
     """
     probe_ops = arithmetic_stream(data.num_operands, data.num_digits, data.seed, False, tiny.probe_size)
-    probe = make_batch(tokenizer, probe_ops, data.prompt_template)
+    probe = make_batch(tokenizer, probe_ops, data.resolved_prompt_template())
     examples = _training_operands(data, tiny.seed, set(probe_ops))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tiny.pretrain_lr, weight_decay=0.0)
     model.train()
     step = 0
     while step < tiny.pretrain_steps:
         step += 1
-        batch = make_batch(tokenizer, [next(examples) for _ in range(tiny.pretrain_batch_size)], data.prompt_template)
+        batch = make_batch(tokenizer, [next(examples) for _ in range(tiny.pretrain_batch_size)], data.resolved_prompt_template())
         loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -343,7 +343,7 @@ def build_settings(tiny: TinyModelConfig, data: DataConfig) -> dict[str, object]
         num_operands=data.num_operands,
         num_digits=data.num_digits,
         data_seed=data.seed,
-        prompt_template=data.prompt_template,
+        prompt_template=data.resolved_prompt_template(),
         build_format=BUILD_FORMAT,
     )
     return settings
@@ -376,7 +376,7 @@ def _build(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
     model = build_tiny_model(tiny, tokenizer)
     stats = pretrain(model, tokenizer, tiny, data)
     heldout = [
-        arithmetic_problem(ops, data.prompt_template)
+        arithmetic_problem(ops, data.resolved_prompt_template())
         for ops in arithmetic_stream(data.num_operands, data.num_digits, data.seed, True, tiny.eval_size)
     ]
     max_new_tokens = max_response_chars(data.num_operands, data.num_digits) + 8

@@ -58,6 +58,10 @@ class Rollouts:
     sampler_logprobs: Optional[torch.Tensor] = None
     """(B, R) float32 log-probs of the sampled tokens as the sampler drew them, at the sampling
     temperature (0 past the response); None for greedy decoding."""
+    sampler_entropy: Optional[torch.Tensor] = None
+    """(B, R) float32 entropy of each step's full next-token distribution at the sampling
+    temperature, when the engine computes it (the HF engine does; vLLM does not); 0 past the
+    response."""
 
     @property
     def prompt_length(self) -> int:
@@ -96,10 +100,17 @@ class RolloutEngine(Protocol):
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
-    """Token ids of each prompt, without special tokens, cut from the left to `max_prompt_tokens`
-    (the end of a prompt carries the question)."""
+    """Token ids of each prompt as the model sees it (already templated, so no special tokens
+    are added). Over-long prompts are dropped when the data is loaded (`mgrpo.tasks.prompts`),
+    so one here is an error, never silently cut."""
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    return [list(ids[-max_prompt_tokens:]) for ids in encoded]
+    for ids in encoded:
+        if len(ids) > max_prompt_tokens:
+            raise ValueError(
+                f"a prompt of {len(ids)} tokens exceeds rollout.max_prompt_tokens={max_prompt_tokens}; prompts "
+                "longer than that should have been dropped when the data was loaded"
+            )
+    return [list(ids) for ids in encoded]
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,6 +155,7 @@ def assemble_rollouts(
     responses: list[list[int]],
     tokenizer,
     sampler_logprobs: Optional[list[list[float]]] = None,
+    sampler_entropy: Optional[list[list[float]]] = None,
 ) -> Rollouts:
     """A `Rollouts` from each sample's response token ids (row i * n + j is sample j of prompt i),
     cut after the first EOS. Every engine ends here, so all lay their batches out alike."""
@@ -154,11 +166,16 @@ def assemble_rollouts(
     prompt_ids, prompt_mask = left_pad(prompts, pad)
     prompt_ids = prompt_ids.repeat_interleave(n, dim=0)
     prompt_mask = prompt_mask.repeat_interleave(n, dim=0)
-    logprobs = None
-    if sampler_logprobs is not None:
-        logprobs = torch.zeros(response_ids.shape, dtype=torch.float32)
-        for i, (row, length) in enumerate(zip(sampler_logprobs, response_mask.sum(-1).tolist())):
-            logprobs[i, :length] = torch.tensor(row[:length], dtype=torch.float32)
+    lengths = response_mask.sum(-1).tolist()
+
+    def per_token(rows: Optional[list[list[float]]]) -> Optional[torch.Tensor]:
+        if rows is None:
+            return None
+        out = torch.zeros(response_ids.shape, dtype=torch.float32)
+        for i, (row, length) in enumerate(zip(rows, lengths)):
+            out[i, :length] = torch.tensor(row[:length], dtype=torch.float32)
+        return out
+
     texts = tokenizer.batch_decode(cut, skip_special_tokens=True)
     return Rollouts(
         sequences=torch.cat([prompt_ids, response_ids], dim=1),
@@ -166,5 +183,6 @@ def assemble_rollouts(
         response_mask=response_mask,
         group_ids=torch.arange(len(prompts)).repeat_interleave(n),
         texts=texts,
-        sampler_logprobs=logprobs,
+        sampler_logprobs=per_token(sampler_logprobs),
+        sampler_entropy=per_token(sampler_entropy),
     )

@@ -6,7 +6,8 @@ step, every sample adds Gumbel noise from its *own* generator to log softmax(log
 the argmax, which draws exactly from softmax(logits / T). Sample j of prompt i owns a generator
 seeded from (seeds[i], j), so what it draws depends on nothing else in the batch: not on the
 other prompts, the batch size, or which rank runs it. The same step records the log-prob of the
-drawn token at T, which the trainer compares with its own forward pass.
+drawn token and the full-distribution entropy at T (`Rollouts.sampler_logprobs`,
+`Rollouts.sampler_entropy`).
 
 The engine either shares the trainer's model (one rank: `shares_weights`, no hand-off) or owns a
 copy (several ranks, where the trainer's model is sharded) that `load_weights` refreshes.
@@ -32,12 +33,15 @@ def sample_generators(seeds: Sequence[int], n: int, device: torch.device) -> lis
 
 class GumbelMaxSampler(LogitsProcessor):
     """Turns greedy decoding into per-row seeded sampling at `temperature` (see the module
-    docstring) and records each drawn token's log-prob at that temperature."""
+    docstring) and records each drawn token's log-prob, and the entropy of the distribution it was
+    drawn from, at that temperature: the quantities the trainer would otherwise need a forward
+    pass for (the IQR filter's trajectory entropy, the drift guard's log-probs)."""
 
     def __init__(self, generators: list[torch.Generator], temperature: float) -> None:
         self.generators = generators
         self.temperature = temperature
         self.logprobs: list[torch.Tensor] = []
+        self.entropies: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         log_p = torch.log_softmax(scores.float() / self.temperature, dim=-1)
@@ -47,6 +51,8 @@ class GumbelMaxSampler(LogitsProcessor):
         perturbed = log_p + gumbel
         choice = perturbed.argmax(-1, keepdim=True)
         self.logprobs.append(log_p.gather(-1, choice).squeeze(-1).cpu())
+        # A token with probability 0 (a -inf logit) contributes 0, not NaN.
+        self.entropies.append(-torch.where(log_p > -torch.inf, log_p.exp() * log_p, 0.0).sum(-1).cpu())
         return perturbed
 
 
@@ -104,6 +110,7 @@ class HFRolloutEngine:
         self.model.eval()
         responses: list[list[int]] = []
         logprobs: Optional[list[list[float]]] = [] if generators is not None else None
+        entropies: Optional[list[list[float]]] = [] if generators is not None else None
         with self.compute_context():
             for start in range(0, prompt_ids.shape[0], self.batch_size):
                 rows = slice(start, start + self.batch_size)
@@ -121,5 +128,6 @@ class HFRolloutEngine:
                 responses += out[:, prompt_ids.shape[1] :].cpu().tolist()
                 if sampler is not None:
                     logprobs += torch.stack(sampler.logprobs, dim=1).tolist()
+                    entropies += torch.stack(sampler.entropies, dim=1).tolist()
         self.model.train(was_training)
-        return assemble_rollouts(prompts, n, responses, self.tokenizer, logprobs)
+        return assemble_rollouts(prompts, n, responses, self.tokenizer, logprobs, entropies)

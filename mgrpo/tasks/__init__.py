@@ -2,8 +2,12 @@
 
 `load_task(cfg.data)` dispatches on `data.task` through `TASK_LOADERS`:
 - ``arithmetic``: the synthetic default, sums with a worked chain (`mgrpo.tasks.arithmetic`);
-- ``jsonl``: a local file of records, e.g. MATH (`mgrpo.tasks.datasets`);
-- ``hf``: a Hugging Face dataset, with the same record mapping as ``jsonl``.
+- ``jsonl`` / ``parquet``: local files of records, e.g. MATH (`mgrpo.tasks.datasets`);
+- ``hf``: a Hugging Face dataset (hub name or local copy), with the same record mapping.
+
+Then `prepare_task` (`mgrpo.tasks.prompts`) applies the chat template and drops over-long
+prompts, once the tokenizer is known; `load_benchmark` (`mgrpo.tasks.benchmarks`) reads the
+reported benchmarks, which are kept apart from the selection set (`TaskData.heldout`).
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ from typing import TYPE_CHECKING, Callable
 
 from mgrpo.tasks.arithmetic import arithmetic_solution, load_arithmetic
 from mgrpo.tasks.base import DataError, Problem, TaskData
-from mgrpo.tasks.datasets import load_hf, load_jsonl
+from mgrpo.tasks.datasets import load_files, load_hf
+from mgrpo.tasks.prompts import PreparedTask, prepare_task
 
 if TYPE_CHECKING:
     from mgrpo.config import DataConfig
 
 TASK_LOADERS: dict[str, Callable[["DataConfig"], TaskData]] = {
     "arithmetic": load_arithmetic,
-    "jsonl": load_jsonl,
+    "jsonl": load_files,
+    "parquet": load_files,
     "hf": load_hf,
 }
 
@@ -31,4 +37,13 @@ def load_task(cfg: DataConfig) -> TaskData:
     return TASK_LOADERS[cfg.task](cfg)
 
 
-__all__ = ["DataError", "Problem", "TASK_LOADERS", "TaskData", "arithmetic_solution", "load_task"]
+__all__ = [
+    "DataError",
+    "PreparedTask",
+    "Problem",
+    "TASK_LOADERS",
+    "TaskData",
+    "arithmetic_solution",
+    "load_task",
+    "prepare_task",
+]

@@ -58,10 +58,12 @@ def max_response_chars(num_operands: int, num_digits: int) -> int:
     return len(arithmetic_solution([10**num_digits - 1] * num_operands))
 
 
-def arithmetic_problem(operands: Sequence[int], prompt_template: str = "{problem}") -> Problem:
-    """The `Problem` of one operand tuple; the answer is the sum as a decimal string."""
+def arithmetic_problem(operands: Sequence[int], prompt_template: str | None = "{problem}") -> Problem:
+    """The `Problem` of one operand tuple; the answer is the sum as a decimal string. A template
+    of None is the task's default, '{problem}' (`data.prompt_template: null`)."""
     text = arithmetic_text(operands)
-    return Problem(uid=f"arith:{text[:-1]}", prompt=format_prompt(prompt_template, text), answer=str(sum(operands)))
+    template = "{problem}" if prompt_template is None else prompt_template
+    return Problem(uid=f"arith:{text[:-1]}", prompt=format_prompt(template, text), answer=str(sum(operands)))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -157,6 +159,6 @@ def load_arithmetic(cfg: DataConfig) -> TaskData:
     """The arithmetic task as problems (see `arithmetic_operands` for the sizes)."""
     train, heldout = arithmetic_operands(cfg)
     return TaskData(
-        train=[arithmetic_problem(ops, cfg.prompt_template) for ops in train],
-        heldout=[arithmetic_problem(ops, cfg.prompt_template) for ops in heldout],
+        train=[arithmetic_problem(ops, cfg.resolved_prompt_template()) for ops in train],
+        heldout=[arithmetic_problem(ops, cfg.resolved_prompt_template()) for ops in heldout],
     )

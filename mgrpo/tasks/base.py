@@ -26,7 +26,9 @@ class Problem:
     uid: str
     """Stable id, unique within a task (e.g. 'arith:63+46+94', 'math500.jsonl:12')."""
     prompt: str
-    """Text given to the model, already formatted with `data.prompt_template`."""
+    """The user message (`data.prompt_template` applied) as a task loader returns it; after
+    `mgrpo.tasks.prompts.prepare_task`, the exact text given to the model (chat template applied
+    when the tokenizer has one)."""
     answer: str | None
     """Hidden gold answer. Read only by diagnostics and by ground-truth rewards, never by a
     label-free update. None when the data has no label for this problem."""
