@@ -280,3 +280,11 @@ def test_run_directory_names_stay_short_and_distinct():
     long_b = long_a + ",x=1"
     assert len(_slug(long_a).encode()) <= SLUG_MAX and _slug(long_a) != _slug(long_b)
     assert _slug("model.name_or_path=/a/b") == "model.name_or_path=_a_b"
+
+
+def test_logged_lr_is_the_rate_each_step_used(tiny_cache, tmp_path):
+    """With 2 warmup steps of 3, step 1 updates at lr/2 and logs lr/2 (not the next step's lr)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    train(fast_overrides(tiny_cache, uri, "lr", "algo=srt", "optim.lr=1e-5", "optim.warmup_ratio=0.67", "trainer.eval_every=3"), tmp_path / "run")
+    series = next(iter(metric_series(uri, "lr").values()))
+    assert [v for _, v in series["train/lr"]] == pytest.approx([0.5e-5, 1e-5, 1e-5])
