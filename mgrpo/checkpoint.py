@@ -42,6 +42,48 @@ DCP_DIR = "dcp"
 REQUIRED = (f"{DCP_DIR}/.metadata", STATE_FILE, "scheduler.pt", "policy")
 
 
+FINGERPRINT_EXCLUDE = {
+    "trainer.eval_every",
+    "trainer.checkpoint_every",
+    "trainer.keep_last",
+    "trainer.output_dir",
+    "trainer.num_threads",
+    "trainer.device",
+    "trainer.log_completions",
+    "trainer.progress",
+    "trainer.objective",
+    "trainer.objective_drop_penalty",
+    "trainer.collective_timeout_s",
+    "trainer.heartbeat_timeout_s",
+    "model.tiny.cache_dir",
+    "model.gradient_checkpointing",
+    "model.reference_cpu_offload",
+    "rollout.eval_batch_size",
+    "rollout.score_chunk_size",
+    "rollout.logits_chunk_tokens",
+    "rollout.max_logprob_drift",
+    "rollout.engine_weights",
+    "trainer.eval_benchmarks",
+    "trainer.eval_benchmark_samples",
+    "trainer.eval_benchmark_limit",
+    "data.benchmarks_dir",
+    "model.tiny_bpe.cache_dir",
+}
+"""Settings that change how fast or where a run goes, not what it trains: a resume may change them."""
+
+
+def config_fingerprint(config: dict[str, Any]) -> dict[str, str]:
+    """The settings a resume must match (flattened), from the run's config as a plain dict."""
+    from mgrpo.tracking import flatten
+
+    keep = ("algo.", "model.", "data.", "rollout.", "optim.", "trainer.")
+    return {
+        k: v
+        for k, v in flatten(config).items()
+        if k.startswith(keep) and k not in FINGERPRINT_EXCLUDE and not k.startswith(("rollout.vllm_", "data.benchmark_paths."))
+    }
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message says why and how to proceed."""
 

@@ -92,6 +92,18 @@ def rollouts_device(model: torch.nn.Module) -> torch.device:
     return (to_local() if callable(to_local) else param).device
 
 
+def sampler_entropy(rollouts: Rollouts, estimator: str) -> Optional[torch.Tensor]:
+    """(B,) trajectory entropy from what the sampler recorded while it generated, or None when it
+    did not record what `estimator` needs ('full': each step's full-distribution entropy, which
+    the HF engine records; 'sampled': the sampled tokens' log-probs, which every engine reports).
+    Either equals what `score_phase` computes from the same weights, without a forward pass."""
+    if estimator == "full" and rollouts.sampler_entropy is not None:
+        return trajectory_entropy(rollouts.sampler_entropy, rollouts.response_mask)
+    if estimator == "sampled" and rollouts.sampler_logprobs is not None:
+        return sampled_entropy_estimate(rollouts.sampler_logprobs, rollouts.response_mask)
+    return None
+
+
 def filter_phase(entropy: torch.Tensor, group_ids: torch.Tensor, iqr_k: Optional[float]) -> torch.Tensor:
     """(B,) keep mask over the pooled samples (see `mgrpo.algos.filtering`)."""
     return iqr_keep_mask(entropy, group_ids, iqr_k)
@@ -176,24 +188,31 @@ def update_phase(
     scorer: ResponseScorer,
     optimizer: torch.optim.Optimizer,
     rollouts: Rollouts,
-    old_logprobs: torch.Tensor,
+    old_logprobs: Optional[torch.Tensor],
     ref_logprobs: Optional[torch.Tensor],
     advantages: torch.Tensor,
     members: torch.Tensor,
     plan: UpdatePlan,
     settings: LossSettings,
     context: ComputeContext = nullcontext,
+    before_first_step: Optional[Callable[[torch.Tensor, torch.Tensor], None]] = None,
 ) -> dict[str, float]:
     """Clipped PG (+ KL) over the kept policy samples, one optimizer step per planned step.
 
     With one epoch and one mini-batch (the defaults) this is a single on-policy gradient step,
     where the importance ratio is 1 and clipping is inactive; later mini-batches are off-policy.
-    Metrics are this rank's parts of global quantities: loss, pg_loss, kl and clip_frac are
-    already divided by the global counts (sum them over ranks); grad_norm is global.
+    On-policy, pass `old_logprobs=None`: the pass's own detached log-probs are then the old
+    log-probs (they are those of the weights that sampled, bit for bit), so no separate scoring
+    pass is needed. Metrics are this rank's parts of global quantities: loss, pg_loss, kl and
+    clip_frac are already divided by the global counts (sum them over ranks); grad_norm is global.
 
     Args:
-        old_logprobs, ref_logprobs: (B, R); advantages: (B,); members: (B,) bool, the kept
-            policy samples (the loss mask is response_mask & members).
+        old_logprobs: (B, R) log-probs of the sampling weights, or None (on-policy, see above).
+        ref_logprobs: (B, R); advantages: (B,); members: (B,) bool, the kept policy samples (the
+            loss mask is response_mask & members).
+        before_first_step: called with the first step's log-probs ((B, R), 0 on rows it did not
+            forward) and its rows ((B,) bool) after its backward passes and before the optimizer
+            step, e.g. to check them against the sampler's. It may raise to stop the update.
     """
     loss_mask = rollouts.response_mask & members.unsqueeze(-1)
     totals = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "pg_loss": 0.0}
@@ -204,6 +223,8 @@ def update_phase(
         if num_tokens == 0:
             continue  # no rank has anything to train on in this step: no pass, no optimizer step
         optimizer.zero_grad(set_to_none=True)
+        first_logprobs = torch.zeros(loss_mask.shape, dtype=torch.float32)
+        forwarded = torch.zeros(loss_mask.shape[0], dtype=torch.bool)
         for rows in micro_batches:
             padding = rows.numel() == 0
             if padding:
@@ -218,7 +239,7 @@ def update_phase(
                 )
             loss, metrics = policy_loss(
                 logprobs,
-                old_logprobs[rows].to(device),
+                logprobs.detach() if old_logprobs is None else old_logprobs[rows].to(device),
                 None if ref_logprobs is None else ref_logprobs[rows].to(device),
                 advantages[rows].to(device),
                 mask.to(device),
@@ -234,11 +255,15 @@ def update_phase(
             loss.backward()
             if padding:
                 continue
+            first_logprobs[rows] = logprobs.detach().float().cpu()
+            forwarded[rows] = True
             weight = float(mask.sum()) / num_tokens
             totals["loss"] += float(loss.detach())
             totals["clip_frac"] += metrics["clip_frac"] * weight
             totals["pg_loss"] += metrics["pg_loss"]
             totals["kl"] += metrics.get("kl", 0.0)  # already divided by the step's global count
+        if before_first_step is not None and updates == 0:
+            before_first_step(first_logprobs, forwarded)
         max_norm = settings.grad_clip if settings.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in scorer.parameters() if p.grad is not None], max_norm)
         full_norm = getattr(grad_norm, "full_tensor", None)

@@ -14,7 +14,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from mgrpo.algos.entropy import masked_mean
 from mgrpo.algos.voting import VoteResult
 from mgrpo.rollout.base import Rollouts
 from mgrpo.tasks import Problem

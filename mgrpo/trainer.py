@@ -19,14 +19,13 @@ Where this departs from the paper's Algorithm 1 (each is a config setting):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -38,54 +37,34 @@ from mgrpo.algos.ema import ema_update_
 from mgrpo.algos.registry import REWARD_SOURCES
 from mgrpo.algos.rewards import grpo_advantages
 from mgrpo.config import Config
-from mgrpo.evaluation import EvalSamples, eval_seeds, evaluation_report, prepare_benchmarks, sample_answers, score_benchmark
+from mgrpo.evaluation import prepare_benchmarks
+from mgrpo.in_training_eval import InTrainingEvaluator
 from mgrpo.models.loading import load_tokenizer, resolve_model_path
 from mgrpo.models.setup import build_training_models
 from mgrpo.parallel import Ranks
-from mgrpo.phases import LossSettings, filter_phase, pad_plan, plan_update, score_phase, stream_seed, timed, update_phase, vote_phase
+from mgrpo.phases import (
+    LossSettings,
+    filter_phase,
+    pad_plan,
+    plan_update,
+    sampler_entropy,
+    score_phase,
+    stream_seed,
+    timed,
+    update_phase,
+    vote_phase,
+)
 from mgrpo.rollout import build_engines, encode_prompts, sample_seed
 from mgrpo.rollout.base import Rollouts
 from mgrpo.rollout.handoff import StaleWeightsError
+from mgrpo.run_monitor import RunMonitor
 from mgrpo.sharding import compute_context, full_parameters
 from mgrpo.step_metrics import logprob_drift, step_metrics
 from mgrpo.tasks import Problem, load_task, prepare_task
-from mgrpo.tasks.benchmarks import Benchmark, samples_for
-from mgrpo.tracking import Tracker, flatten
-from mgrpo_analysis.detectors import ACCURACY, USED_METRICS
-from mgrpo_analysis.monitor import Thresholds, check_history
+from mgrpo.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-MONITORED = (ACCURACY, *USED_METRICS)
-"""The curves the online collapse monitor reads (kept in memory and in checkpoints)."""
-FINGERPRINT_EXCLUDE = {
-    "trainer.eval_every",
-    "trainer.checkpoint_every",
-    "trainer.keep_last",
-    "trainer.output_dir",
-    "trainer.num_threads",
-    "trainer.device",
-    "trainer.log_completions",
-    "trainer.progress",
-    "trainer.objective",
-    "trainer.objective_drop_penalty",
-    "trainer.collective_timeout_s",
-    "trainer.heartbeat_timeout_s",
-    "model.tiny.cache_dir",
-    "model.gradient_checkpointing",
-    "model.reference_cpu_offload",
-    "rollout.eval_batch_size",
-    "rollout.score_chunk_size",
-    "rollout.logits_chunk_tokens",
-    "rollout.max_logprob_drift",
-    "rollout.engine_weights",
-    "trainer.eval_benchmarks",
-    "trainer.eval_benchmark_samples",
-    "trainer.eval_benchmark_limit",
-    "data.benchmarks_dir",
-    "model.tiny_bpe.cache_dir",
-}
-"""Settings that change how fast or where a run goes, not what it trains: a resume may change them."""
 SHUFFLE_STREAM = 3
 
 
@@ -102,10 +81,10 @@ class Trainer:
         self.model_path = resolve_model_path(cfg.model, cfg.data)
         self.tokenizer = load_tokenizer(self.model_path)
         # Prompts as the model sees them (chat template), over-long ones dropped and counted.
-        self.prepared = prepare_task(load_task(cfg.data), self.tokenizer, cfg.data.chat_template, cfg.rollout.max_prompt_tokens)
-        self.data = self.prepared.data
+        prepared = prepare_task(load_task(cfg.data), self.tokenizer, cfg.data.chat_template, cfg.rollout.max_prompt_tokens)
+        self.data = prepared.data
         t = cfg.trainer
-        self.benchmarks = prepare_benchmarks(t.eval_benchmarks, cfg.data, self.tokenizer, cfg.rollout.max_prompt_tokens, t.eval_benchmark_limit)
+        benchmarks = prepare_benchmarks(t.eval_benchmarks, cfg.data, self.tokenizer, cfg.rollout.max_prompt_tokens, t.eval_benchmark_limit)
         self.compute_dtype = getattr(torch, cfg.model.dtype)
         self.context = compute_context(self.ranks, self.compute_dtype)
         models = build_training_models(cfg, self.model_path, self.ranks)
@@ -126,22 +105,16 @@ class Trainer:
         )
         self.versions = {"policy": 0, "momentum": 0}
         self.equivalent = AnswerEquivalence()
+        self.evaluator = InTrainingEvaluator(
+            cfg, self.ranks, self.tokenizer, self.equivalent, output_dir, tracker, self.data.heldout, benchmarks, prepared.summary()
+        )
         self.step = 0
-        self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in MONITORED}
-        self.collapse: Optional[dict[str, Any]] = None
+        self.monitor = RunMonitor(cfg.monitor, cfg.trainer, len(self.evaluator.selection))
         self.finished = False
 
     # ---- bookkeeping ---------------------------------------------------------------------
     def fingerprint(self) -> dict[str, str]:
-        flat = flatten(asdict(self.cfg))
-        keep = ("algo.", "model.", "data.", "rollout.", "optim.", "trainer.")
-        return {
-            k: v
-            for k, v in flat.items()
-            if k.startswith(keep)
-            and k not in FINGERPRINT_EXCLUDE
-            and not k.startswith(("rollout.vllm_", "data.benchmark_paths."))
-        }
+        return ckpt.config_fingerprint(asdict(self.cfg))
 
     def training_state(self) -> ckpt.TrainingState:
         return ckpt.TrainingState(self.policy, self.optimizer, self.scheduler, self.momentum, self.compute_dtype, self.tokenizer)
@@ -154,8 +127,7 @@ class Trainer:
         ckpt.check_compatible(found, self.fingerprint())
         ckpt.load_checkpoint(found, self.ranks, self.training_state())
         self.step = int(found.state["step"])
-        self.history.update({k: [tuple(p) for p in v] for k, v in found.state.get("history", {}).items()})
-        self.collapse = found.state.get("collapse")
+        self.monitor.load_state_dict(found.state)
         self.finished = bool(found.state.get("finished", False))
         self.tracker.load_state_dict(found.state.get("tracking", {}))
         log.info("resumed from %s at step %d (MLflow run %s)", found.path, self.step, self.tracker.run_id)
@@ -165,8 +137,7 @@ class Trainer:
         state = {
             "fingerprint": self.fingerprint(),
             "tracking": self.tracker.state_dict(),
-            "history": self.history,
-            "collapse": self.collapse,
+            **self.monitor.state_dict(),
             "finished": self.finished,
             "data_position": self.step * self.cfg.trainer.prompts_per_step,
         }
@@ -191,9 +162,7 @@ class Trainer:
         if not self.ranks.is_main:
             return
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-        for key in MONITORED:
-            if key in clean:
-                self.history[key].append((step, clean[key]))
+        self.monitor.record(clean, step)
         self.tracker.log_metrics(clean, step)
 
     # ---- sampling ----------------------------------------------------------------------------
@@ -203,8 +172,9 @@ class Trainer:
         engine = self.engines.acquire(role, self.versions[role], lambda: full_parameters(model, self.compute_dtype))
         return engine.generate(prompts, n, temperature, self.cfg.rollout.max_new_tokens, seeds)
 
-    def guard_drift(self, role: str, rollouts: Rollouts, trainer_logprobs: torch.Tensor) -> float:
-        """Global sampler-vs-trainer drift for `role`; stops the run (on every rank) when stale."""
+    def guard_drift(self, role: str, rollouts: Rollouts, trainer_logprobs: torch.Tensor) -> tuple[float, float]:
+        """(global drift, token count) of sampler vs trainer log-probs for `role`; stops the run,
+        on every rank alike, when the engine sampled with stale weights."""
         drift, tokens = logprob_drift(rollouts, trainer_logprobs)
         total, count = self.ranks.all_reduce([drift * tokens, tokens])
         drift = total / count if count else 0.0
@@ -217,7 +187,7 @@ class Trainer:
                 "prefix cache); this step was not trained on. If the engine computes in a lower precision than the "
                 "trainer, raise rollout.max_logprob_drift."
             )
-        return drift
+        return drift, count
 
     # ---- one step --------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
@@ -234,22 +204,28 @@ class Trainer:
             if self.momentum is not None:
                 momentum_ro = self.sample("momentum", prompts, self.num_momentum, r.temperature, [sample_seed(cfg.trainer.seed, step, "momentum", i) for i in indices])
 
+        on_policy = a.ppo_epochs == 1 and a.mini_batches == 1
+        drifts: dict[str, tuple[float, float]] = {}
         with timed(times, "score"):
-            policy_scores = score_phase(self.policy, policy_ro, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
+            policy_entropy = sampler_entropy(policy_ro, a.entropy_estimator)
+            old_logprobs = None
+            if policy_entropy is None or not on_policy:
+                scores = score_phase(self.policy, policy_ro, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
+                policy_entropy = scores.entropy if policy_entropy is None else policy_entropy
+                old_logprobs = None if on_policy else scores.logprobs
+                drifts["train/rollout_logprob_drift"] = self.guard_drift("policy", policy_ro, scores.logprobs)
             ref_logprobs = None
             if self.reference is not None:
                 ref_logprobs = score_phase(self.reference, policy_ro, r.temperature, r.score_chunk_size, "sampled", self.context).logprobs
-        drifts = {"train/rollout_logprob_drift": self.guard_drift("policy", policy_ro, policy_scores.logprobs)}
-        entropies, groups, texts = [policy_scores.entropy], [policy_ro.group_ids], list(policy_ro.texts)
+        entropies, groups, texts = [policy_entropy], [policy_ro.group_ids], list(policy_ro.texts)
         extra = {}
         with timed(times, "entropy"):
             if momentum_ro is not None:
-                momentum_scores = score_phase(self.momentum, momentum_ro, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
-                drifts["train/rollout_logprob_drift_momentum"] = self.guard_drift("momentum", momentum_ro, momentum_scores.logprobs)
-                entropies.append(momentum_scores.entropy)
+                momentum_entropy = self.momentum_entropy(momentum_ro, drifts)
+                entropies.append(momentum_entropy)
                 groups.append(momentum_ro.group_ids)
                 texts += momentum_ro.texts
-                extra["train/entropy_momentum"] = (float(momentum_scores.entropy.mean()), len(momentum_ro))
+                extra["train/entropy_momentum"] = (float(momentum_entropy.mean()), len(momentum_ro))
         pooled_entropy, pooled_groups = torch.cat(entropies), torch.cat(groups)
         num_policy_samples = len(policy_ro)
 
@@ -269,17 +245,23 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
         with timed(times, "update"):
             self.engines.sleep_all()
+            # Without a scoring pass the policy's drift is checked on the update's own forward,
+            # before its optimizer step.
+            guard = None
+            if "train/rollout_logprob_drift" not in drifts and policy_ro.sampler_logprobs is not None:
+                guard = self.policy_drift_hook(policy_ro, drifts)
             update = update_phase(
                 self.policy,
                 self.optimizer,
                 policy_ro,
-                policy_scores.logprobs,
+                old_logprobs,
                 ref_logprobs,
                 advantages,
                 members,
                 self.global_plan(policy_ro, members, step),
                 self.loss_settings(),
                 self.context,
+                guard,
             )
             self.scheduler.step()
             self.versions["policy"] += 1
@@ -291,7 +273,7 @@ class Trainer:
                 ema_squared_distance = distance**2
                 self.versions["momentum"] += 1
 
-        local = step_metrics(problems, policy_ro, policy_scores.entropy, answers, vote, keep, policy_rewards, advantages, members, adv_metrics, update, self.equivalent)
+        local = step_metrics(problems, policy_ro, policy_entropy, answers, vote, keep, policy_rewards, advantages, members, adv_metrics, update, self.equivalent)
         local.weighted.update(extra)
         local.maxed.update(times)
         if ema_squared_distance is not None:
@@ -302,9 +284,34 @@ class Trainer:
         if self.reference is None:
             metrics.pop("train/kl", None)
         metrics["train/lr"] = lr
-        if policy_ro.sampler_logprobs is not None:
-            metrics.update(drifts)
+        metrics.update({key: drift for key, (drift, tokens) in drifts.items() if tokens > 0})
         return metrics
+
+    def policy_drift_hook(self, rollouts: Rollouts, drifts: dict[str, tuple[float, float]]):
+        """A `before_first_step` hook that guards the policy's drift on the rows the update ran."""
+
+        def guard(logprobs: torch.Tensor, rows: torch.Tensor) -> None:
+            rows = torch.nonzero(rows).squeeze(-1)
+            drifts["train/rollout_logprob_drift"] = self.guard_drift("policy", rollouts.select(rows), logprobs[rows])
+
+        return guard
+
+    def momentum_entropy(self, rollouts: Rollouts, drifts: dict[str, tuple[float, float]]) -> torch.Tensor:
+        """(B,) trajectory entropy of the momentum samples: the sampler's when it recorded it (no
+        forward pass), else a scoring pass. Without a pass, an engine with its own weights is still
+        checked for stale weights on one sample per prompt."""
+        a, r = self.cfg.algo, self.cfg.rollout
+        entropy = sampler_entropy(rollouts, a.entropy_estimator)
+        key = "train/rollout_logprob_drift_momentum"
+        if entropy is None:
+            scores = score_phase(self.momentum, rollouts, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
+            drifts[key] = self.guard_drift("momentum", rollouts, scores.logprobs)
+            return scores.entropy
+        if not self.engines.engines["momentum"].shares_weights and rollouts.sampler_logprobs is not None:
+            probe = rollouts.select(torch.arange(0, len(rollouts), self.num_momentum))
+            scores = score_phase(self.momentum, probe, r.temperature, r.score_chunk_size, "sampled", self.context)
+            drifts[key] = self.guard_drift("momentum", probe, scores.logprobs)
+        return entropy
 
     def loss_settings(self) -> LossSettings:
         a = self.cfg.algo
@@ -326,99 +333,9 @@ class Trainer:
 
     # ---- evaluation, monitoring ------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
-        """Selection-set metrics (val/accuracy, ...: what the monitor and the objective read) and
-        benchmark metrics (val/<benchmark>/...: reported only), sampled by all ranks (a
-        contiguous share of each set), scored on rank 0. Step 0 also logs the data's counts."""
-        out = self.evaluate_selection(step)
-        for benchmark in self.benchmarks:
-            out.update(self.evaluate_benchmark(benchmark, step))
-        if step == 0 and self.ranks.is_main:
-            out.update({f"data/{k}": float(v) for k, v in self.prepared.summary().items()})
-        return out if self.ranks.is_main else {}
-
-    def evaluate_selection(self, step: int) -> dict[str, float]:
-        """val/accuracy (mean over rollout.eval_samples), val/maj_accuracy, ... on the selection set."""
-        cfg, r = self.cfg, self.cfg.rollout
-        heldout = self.data.heldout[: cfg.trainer.eval_size] if cfg.trainer.eval_size else self.data.heldout
-        share = np.array_split(np.arange(len(heldout)), self.ranks.world_size)[self.ranks.rank].tolist()
-        prompts = encode_prompts(self.tokenizer, [heldout[i].prompt for i in share], r.max_prompt_tokens)
+        """Selection set and benchmarks (`mgrpo.in_training_eval`) with the current policy."""
         engine = self.engines.acquire("policy", self.versions["policy"], lambda: full_parameters(self.policy, self.compute_dtype))
-        seeds = eval_seeds(cfg.trainer.seed, step, share)
-        mine = sample_answers(engine, prompts, share, r.eval_samples, r.eval_temperature, r.max_new_tokens, seeds) if share else EvalSamples([], [], [], [])
-        gathered = self.ranks.all_gather_objects(mine)
-        if not self.ranks.is_main:
-            return {}
-        samples = EvalSamples([], [], [], [])
-        for part in gathered:
-            samples.extend(part)
-        metrics, kept = evaluation_report(samples, [p.prompt for p in heldout], [p.answer for p in heldout], self.equivalent, cfg.trainer.log_completions)
-        path = self.output_dir / "completions" / f"step_{step:06d}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(kept, indent=1))
-        self.tracker.log_artifact(path, "completions")
-        out = {f"val/{k}": v for k, v in metrics.items()}
-        if r.eval_samples == 1:
-            out.pop("val/maj_accuracy")
-        return out
-
-    def evaluate_benchmark(self, benchmark: Benchmark, step: int) -> dict[str, float]:
-        """val/<benchmark>/mean_at_<n>, _se, maj_at_<n>, pass_at_<k>, ... (see `mgrpo.evaluation`),
-        with the same seeds as `mgrpo-eval` on this step's checkpoint. Never enters the history
-        the monitor and the objective read."""
-        cfg, r = self.cfg, self.cfg.rollout
-        n = samples_for(benchmark, cfg.trainer.eval_benchmark_samples, r.eval_temperature)
-        extract, equivalent = benchmark.grader(self.equivalent)
-        problems = benchmark.problems
-        share = np.array_split(np.arange(len(problems)), self.ranks.world_size)[self.ranks.rank].tolist()
-        prompts = encode_prompts(self.tokenizer, [problems[i].prompt for i in share], r.max_prompt_tokens)
-        engine = self.engines.acquire("policy", self.versions["policy"], lambda: full_parameters(self.policy, self.compute_dtype))
-        seeds = eval_seeds(cfg.trainer.seed, step, share, benchmark.name)
-        mine = sample_answers(engine, prompts, share, n, r.eval_temperature, r.max_new_tokens, seeds, extract) if share else EvalSamples([], [], [], [])
-        gathered = self.ranks.all_gather_objects(mine)
-        if not self.ranks.is_main:
-            return {}
-        samples = EvalSamples([], [], [], [])
-        for part in gathered:
-            samples.extend(part)
-        result = score_benchmark(benchmark.name, samples, problems, n, equivalent, cfg.trainer.log_completions)
-        path = self.output_dir / "completions" / f"step_{step:06d}_{benchmark.name}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(c) + "\n" for c in result.completions))
-        self.tracker.log_artifact(path, "completions")
-        return result.tracking_metrics()
-
-    def monitor(self, step: int) -> bool:
-        """Run the collapse detectors on the curves so far (rank 0); True on every rank when the
-        run should stop. They read the selection set's val/accuracy and the train/* curves
-        (`MONITORED`), never a benchmark's val/<benchmark>/* metrics."""
-        mon = self.cfg.monitor
-        if not mon.enabled or (step % mon.every != 0 and step != self.cfg.trainer.total_steps):
-            return False
-        stop = False
-        if self.ranks.is_main:
-            heldout_size = min(len(self.data.heldout), self.cfg.trainer.eval_size or len(self.data.heldout))
-            verdict = check_history(self.history, Thresholds(heldout_size=heldout_size))
-            tags = verdict.tags()
-            if verdict.collapsed and self.collapse is None:
-                self.collapse = {"step": verdict.collapse_step, "detectors": list(verdict.fired)}
-                log.warning("collapse detected: %s", verdict.summary())
-            if self.collapse is not None:
-                # The verdict may later clear if the run recovers; the first detection is kept.
-                tags["mgrpo.first_collapse_step"] = str(self.collapse["step"])
-                tags["mgrpo.first_collapse_detectors"] = ",".join(self.collapse["detectors"])
-            self.tracker.set_tags(tags)
-            stop = verdict.collapsed and mon.stop_on_collapse
-        return bool(self.ranks.broadcast_object(stop))
-
-    def objective(self) -> float:
-        """trainer.objective over the selection set's val/accuracy curve (never a benchmark)."""
-        curve = [v for _, v in self.history[ACCURACY]]
-        if not curve:
-            return float("nan")
-        final, peak = curve[-1], max(curve)
-        if self.cfg.trainer.objective == "stable_accuracy":
-            return final - self.cfg.trainer.objective_drop_penalty * (peak - final)
-        return final
+        return self.evaluator.evaluate(step, engine)
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> float:
@@ -430,7 +347,7 @@ class Trainer:
                     "(use another trainer.output_dir, or other overrides, for a new run)",
                     file=sys.stderr,
                 )
-            return self.objective()
+            return self.monitor.objective()
         if self.step == 0:
             self.log_metrics(self.evaluate(0), 0)
             self.save()
@@ -450,21 +367,23 @@ class Trainer:
                     metrics.update(self.evaluate(step))
             metrics["time/step"] = time.perf_counter() - start
             self.log_metrics(metrics, step)
-            stop_early = self.monitor(step)
+            stop_early = False
+            if self.monitor.due(step):
+                stop_early = bool(self.ranks.broadcast_object(self.monitor.check(self.tracker) if self.ranks.is_main else False))
             self.finished = stop_early or step == t.total_steps
             if step % t.checkpoint_every == 0 or self.finished:
                 self.save()
             if progress is not None:
                 progress.update(1)
                 shown = {"reward": metrics["train/pseudo_reward"], "H": metrics["train/entropy"]}
-                if self.history["val/accuracy"]:
-                    shown["val"] = self.history["val/accuracy"][-1][1]
+                if self.monitor.latest("val/accuracy") is not None:
+                    shown["val"] = self.monitor.latest("val/accuracy")
                 progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
         if progress is not None:
             progress.close()
         if stop_early:
             self.tracker.set_tags({"mgrpo.stopped_early": "collapse"})
-        return self.objective()
+        return self.monitor.objective()
 
     def close(self) -> None:
         self.engines.close()

@@ -11,7 +11,18 @@ from mgrpo.algos.answers import AnswerEquivalence
 from mgrpo.config import TinyModelConfig
 from mgrpo.models.scorer import ResponseScorer
 from mgrpo.models.tiny import build_tiny_model, build_tiny_tokenizer
-from mgrpo.phases import LossSettings, UpdatePlan, filter_phase, lr_lambda, pad_plan, plan_update, score_phase, update_phase, vote_phase
+from mgrpo.phases import (
+    LossSettings,
+    UpdatePlan,
+    filter_phase,
+    lr_lambda,
+    pad_plan,
+    plan_update,
+    sampler_entropy,
+    score_phase,
+    update_phase,
+    vote_phase,
+)
 from mgrpo.rollout.base import encode_prompts, pad_responses, response_mask_from_tokens, sample_seed
 from mgrpo.rollout.hf import HFRolloutEngine
 
@@ -242,4 +253,45 @@ def test_kl_metric_is_the_mini_batch_kl_whatever_the_micro_batches(tiny, micro_b
     mask = ro.response_mask
     expected = float((kl_penalty(old, reference) * mask).sum() / mask.sum())
     assert metrics["kl"] == pytest.approx(expected, rel=1e-4)
+    model.load_state_dict(before)
+
+
+@pytest.mark.parametrize("estimator", ["full", "sampled"])
+def test_sampler_entropy_equals_the_scoring_pass(tiny, estimator):
+    """The entropy the HF sampler records while generating is the scoring pass's, so the IQR
+    filter needs no forward pass."""
+    model, tokenizer = tiny
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer), 4, 0.8, 12, [21, 22, 23])
+    scores = score_phase(ResponseScorer(model), ro, 0.8, 64, entropy_estimator=estimator)
+    assert torch.allclose(sampler_entropy(ro, estimator), scores.entropy, atol=1e-5)
+    no_entropy = ro.select(torch.arange(len(ro)))
+    no_entropy.sampler_entropy = None
+    assert sampler_entropy(no_entropy, "full") is None, "vLLM records no full entropy: a pass is needed"
+    assert sampler_entropy(no_entropy, "sampled") is not None
+
+
+def test_on_policy_update_without_old_logprobs_is_the_same_step(tiny):
+    """old_logprobs=None (the pass's own detached log-probs) gives the gradient that log-probs
+    from a separate scoring pass give, and the first step's log-probs reach the hook."""
+    model, tokenizer = tiny
+    scorer = ResponseScorer(model)
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer, PROMPTS[:2]), 4, 1.0, 10, [31, 32])
+    old = score_phase(scorer, ro, 1.0, 64).logprobs
+    advantages = torch.linspace(-1, 1, 8)
+    members = torch.ones(8, dtype=torch.bool)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    seen = {}
+
+    def grads(old_logprobs):
+        model.load_state_dict(before)
+        hook = lambda logprobs, rows: seen.update(logprobs=logprobs, rows=rows)
+        update_phase(scorer, opt, ro, old_logprobs, None, advantages, members, plan_update(ro.response_mask, 1, 1, 3, 0), SETTINGS, before_first_step=hook)
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    separate, own = grads(old), grads(None)
+    assert all(torch.allclose(separate[n], own[n], atol=1e-7) for n in own)
+    assert seen["rows"].all()
+    assert torch.allclose(seen["logprobs"] * ro.response_mask, old * ro.response_mask, atol=1e-5)
+    assert ((ro.sampler_logprobs - seen["logprobs"]).abs() * ro.response_mask).max() < 1e-5
     model.load_state_dict(before)

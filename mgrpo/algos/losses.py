@@ -77,6 +77,10 @@ def ppo_clip_loss(
     Per token: max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)), with ratio = exp(logp - old).
     Dual clip (Ye et al., 2020): for A < 0 the loss is also capped at -A * c.
 
+    On-policy (one epoch of one mini-batch, the default), the weights that sampled are the
+    current weights, so `old_logprobs` may simply be `logprobs.detach()` from the same pass: the
+    ratio is exactly 1, clipping never acts, and no separate scoring pass is needed.
+
     Args:
         logprobs: (B, T) current log-probs (with grad).
         old_logprobs: (B, T) log-probs of the policy that sampled (no grad).

@@ -76,6 +76,14 @@ class Rollouts:
     def __len__(self) -> int:
         return self.sequences.shape[0]
 
+    def select(self, rows: torch.Tensor) -> "Rollouts":
+        """The rows `rows` (a (b,) long tensor), in that order, with the same columns."""
+        pick = lambda t: None if t is None else t[rows]
+        return Rollouts(
+            self.sequences[rows], self.attention_mask[rows], self.response_mask[rows], self.group_ids[rows],
+            [self.texts[i] for i in rows.tolist()], pick(self.sampler_logprobs), pick(self.sampler_entropy),
+        )
+
 
 class RolloutEngine(Protocol):
     """Samples responses. The trainer keeps one engine per weight set it must sample from."""
