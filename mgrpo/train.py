@@ -35,6 +35,7 @@ from mgrpo.models.loading import ModelLoadError
 from mgrpo.tasks.base import DataError
 from mgrpo.tracking import Tracker, flatten, resolve_tracking_uri
 from mgrpo.rollout.handoff import StaleWeightsError
+from mgrpo.rollout.vllm import VLLMUnavailableError
 
 log = logging.getLogger("mgrpo")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -189,7 +190,7 @@ def main(dict_cfg: DictConfig) -> float:
     launch_dir = Path(hydra_cfg.runtime.cwd)
     try:
         return run(cfg, output_dir, launch_dir, sweep_tags())
-    except (ConfigError, CheckpointError, DataError, ModelLoadError, FileNotFoundError, RankFailure, StaleWeightsError) as err:
+    except (ConfigError, CheckpointError, DataError, ModelLoadError, FileNotFoundError, VLLMUnavailableError, RankFailure, StaleWeightsError) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
         print(f"error: {err}", file=sys.stderr)

