@@ -1,21 +1,26 @@
 """Majority vote over equivalence classes (mgrpo.algos.voting).
 
 Most tests use `fraction_equiv`, a deterministic stand-in for math-verify that knows integers,
-decimals, ``a/b`` and ``\\frac{a}{b}``; one test runs the real `AnswerEquivalence`.
+decimals, ``a/b`` and ``\\frac{a}{b}``; the batched-vote and timing tests run the real
+`AnswerEquivalence` on MATH-500 answers.
 """
 
 from __future__ import annotations
 
+import json
+import random
 import re
+import time
 from fractions import Fraction
+from pathlib import Path
 from typing import Optional
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgrpo.algos.answers import AnswerEquivalence
-from mgrpo.algos.voting import GroupVote, cluster_answers, majority_vote
+from mgrpo.algos.answers import AnswerEquivalence, is_junk_answer, normalize_answer
+from mgrpo.algos.voting import GroupVote, VoteResult, cluster_answers, majority_vote
 
 _FRAC = re.compile(r"\\frac\{(-?\d+)\}\{(\d+)\}")
 
@@ -198,3 +203,192 @@ def test_label_none_iff_no_votes_or_low_share(samples, min_share) -> None:
     for answer, group, agrees in zip(answers, groups, result.agrees):
         label = result.groups[group].label
         assert agrees == (answer is not None and label is not None and fraction_equiv(label, answer))
+
+
+# ---------------------------------------------------------------- junk answers
+
+
+def test_junk_answers_do_not_vote() -> None:
+    # A collapsing policy's junk (an absurd exponent, a runaway repetition) counts as no answer.
+    answers = ["121E922011", "121E922011", "1" * 40, "5", "5", None]
+    result = majority_vote(answers, [0] * 6, fraction_equiv)
+    assert result.groups[0] == GroupVote(label="5", vote_share=1.0, num_votes=2, num_classes=1, num_junk=3)
+    assert result.agrees == [False, False, False, True, True, False]
+    # A junk non-voter never agrees either; only voters count towards num_junk.
+    result = majority_vote(["5", "121E922011"], [0, 0], fraction_equiv, voters=[True, False])
+    assert result.groups[0].num_junk == 0 and result.agrees == [True, False]
+
+
+# ---------------------------------------------------------------- batched clustering
+
+
+def serial_cluster(answers: list[str], equivalent) -> dict[str, str]:
+    """The one-pair-at-a-time clustering (the reference): each sorted candidate joins the first
+    representative it is equivalent to."""
+    reps: list[str] = []
+    assignment: dict[str, str] = {}
+    for candidate in sorted({normalize_answer(a) for a in answers}):
+        assignment[candidate] = next((r for r in reps if equivalent(r, candidate)), candidate)
+        if assignment[candidate] == candidate:
+            reps.append(candidate)
+    return assignment
+
+
+def serial_vote(answers, group_ids, equivalent, voters, min_share) -> VoteResult:
+    """`majority_vote` with `serial_cluster` and one equivalent() call per non-voter."""
+    cast: dict[int, list[str]] = {}
+    for a, g, v in zip(answers, group_ids, voters):
+        cast.setdefault(g, [])
+        if v and a is not None and not is_junk_answer(a):
+            cast[g].append(a)
+    groups, classes = {}, {}
+    for g, group_answers in cast.items():
+        classes[g] = serial_cluster(group_answers, equivalent)
+        counts: dict[str, int] = {}
+        for a in group_answers:
+            rep = classes[g][normalize_answer(a)]
+            counts[rep] = counts.get(rep, 0) + 1
+        if not counts:
+            groups[g] = GroupVote(None, 0.0, 0, 0)
+            continue
+        winner = min(counts, key=lambda r: (-counts[r], r))
+        share = counts[winner] / len(group_answers)
+        label = min(a for a in group_answers if normalize_answer(a) == winner) if share >= min_share else None
+        groups[g] = GroupVote(label, share, len(group_answers), len(counts))
+    agrees = []
+    for a, g, v in zip(answers, group_ids, voters):
+        label = groups[g].label
+        if a is None or label is None or is_junk_answer(a):
+            agrees.append(False)
+        elif v:
+            agrees.append(classes[g][normalize_answer(a)] == normalize_answer(label))
+        else:
+            agrees.append(equivalent(normalize_answer(label), normalize_answer(a)))
+    return VoteResult(groups, agrees)
+
+
+class RecordingEquivalence:
+    """A plain relation with a batch interface that records each batch."""
+
+    def __init__(self, relation) -> None:
+        self.relation = relation
+        self.batches: list[list[tuple[str, str]]] = []
+
+    def __call__(self, a: str, b: str) -> bool:
+        return self.relation(a, b)
+
+    def many(self, pairs, deadline=None) -> list[bool]:
+        self.batches.append(list(pairs))
+        return [self.relation(a, b) for a, b in pairs]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    words=st.lists(st.sampled_from("abcdefgh"), min_size=0, max_size=12),
+    edges=st.sets(st.tuples(st.sampled_from("abcdefgh"), st.sampled_from("abcdefgh"))),
+)
+def test_waves_equal_serial_clustering_for_any_relation(words, edges) -> None:
+    # An arbitrary relation (not symmetric, not transitive): the batched waves must still
+    # reproduce the serial clustering exactly, with or without a batch interface.
+    relation = lambda a, b: (a, b) in edges  # noqa: E731
+    expected = serial_cluster(words, relation)
+    assert cluster_answers(words, relation) == expected
+    recording = RecordingEquivalence(relation)
+    assert cluster_answers(words, recording) == expected
+    # At most one batch per class, and never a pair asked twice.
+    asked = [pair for batch in recording.batches for pair in batch]
+    assert len(recording.batches) <= len(set(expected.values()))
+    assert len(asked) == len(set(asked))
+
+
+def test_one_batch_per_wave_across_groups() -> None:
+    # 3 groups, each with the sorted answers "0.5", "1", "1/2", "3", "x" (4 classes): wave 1
+    # asks "0.5" against the other four answers; "1" then founds a class, so wave 2 asks "1"
+    # against "3" and "x"; wave 3 asks "3" against "x". Three batches, however many groups.
+    recording = RecordingEquivalence(fraction_equiv)
+    answers = ["1", "0.5", "1/2", "3", "x"] * 3
+    result = majority_vote(answers, [0] * 5 + [1] * 5 + [2] * 5, recording)
+    assert [v.num_classes for v in result.groups.values()] == [4, 4, 4]
+    assert len(recording.batches) == 3
+    assert len(recording.batches[0]) == 3 * 4  # the first class against every other answer
+
+
+MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl"
+
+
+def _math500_candidates() -> list[str]:
+    if not MATH500.is_file():
+        return []
+    with MATH500.open() as f:
+        golds = [json.loads(line)["answer"] for line in f]
+    rng = random.Random(0)
+    out: list[str] = []
+    for gold in rng.sample(golds, 25):
+        out += [gold, f"\\left( {gold} \\right)", gold.replace("\\frac", "\\dfrac"), f" {gold} "]
+        value = _value(gold)
+        if value is not None:
+            out += [str(float(value)), f"{value.numerator}/{value.denominator}", str(value + 1)]
+    return out + ["121E922011", "1" * 40]
+
+
+MATH500_CANDIDATES = _math500_candidates()
+
+
+@pytest.fixture(scope="module")
+def real_equiv():
+    equiv = AnswerEquivalence()
+    yield equiv
+    equiv.close()
+
+
+@pytest.mark.skipif(not MATH500_CANDIDATES, reason="MATH-500 data is not available")
+@settings(max_examples=25, deadline=None)
+@given(
+    samples=st.lists(
+        st.tuples(st.sampled_from(MATH500_CANDIDATES or ["0"]), st.integers(0, 2), st.booleans()), min_size=1, max_size=24
+    ),
+    min_share=st.sampled_from([0.0, 0.5]),
+)
+def test_batched_vote_equals_pairwise_vote_on_math500(real_equiv, samples, min_share) -> None:
+    """The batched vote (waves of `AnswerEquivalence.many`) and the serial vote (one
+    `AnswerEquivalence.__call__` per pair) give identical classes, labels and agreement."""
+    answers = [s[0] for s in samples]
+    groups = [s[1] for s in samples]
+    voters = [s[2] for s in samples]
+    batched = majority_vote(answers, groups, real_equiv, voters=voters, min_vote_share=min_share)
+    pairwise = serial_vote(answers, groups, lambda a, b: real_equiv(a, b), voters, min_share)
+    strip = lambda r: {g: (v.label, v.vote_share, v.num_votes, v.num_classes) for g, v in r.groups.items()}  # noqa: E731
+    assert strip(batched) == strip(pairwise)
+    assert batched.agrees == pairwise.agrees
+
+
+# ---------------------------------------------------------------- time
+
+
+def test_junk_heavy_step_is_fast(real_equiv) -> None:
+    """8 prompts x 32 samples, half of them junk: the vote returns at once (the benchmark,
+    benchmarks/vote_scaling.py, measures it; this is only a sanity bound)."""
+    rng = random.Random(1)
+    junk = ["121E922011", "7E922011", "10^{99999}", "1e5000", "1" * 60, "\\frac{1}{2}" * 12, "x+" * 120]
+    normal = ["5", "\\frac{1}{2}", "0.5", "\\sqrt{2}", "(1,2)", "7"]
+    answers = [rng.choice(junk) if rng.random() < 0.5 else rng.choice(normal) for _ in range(256)]
+    real_equiv("\\sqrt{2}", "\\sqrt{3}")  # the worker is running before the clock starts
+    start = time.monotonic()
+    result = majority_vote(answers, [i // 32 for i in range(256)], real_equiv)
+    assert time.monotonic() - start < 2.0
+    assert sum(v.num_junk for v in result.groups.values()) == sum(a in junk for a in answers)
+
+
+def test_time_budget_bounds_the_vote() -> None:
+    # A pair that math-verify cannot finish (9^(9^(9^9))) with a 30 s per-pair timeout: the
+    # vote's budget stops it, the pair counts as not equivalent (the fallback's verdict).
+    equiv = AnswerEquivalence(timeout=30.0)
+    try:
+        equiv("\\sqrt{2}", "\\sqrt{3}")
+        start = time.monotonic()
+        result = majority_vote(["5", "5", "9^{9^{9^{9}}}"], [0, 0, 0], equiv, time_budget=0.5)
+        assert time.monotonic() - start < 3.0
+        assert result.groups[0] == GroupVote(label="5", vote_share=2 / 3, num_votes=3, num_classes=2)
+        assert equiv.over_budget == 1
+    finally:
+        equiv.close()
