@@ -3,8 +3,11 @@
     mgrpo-analyze --tracking-uri sqlite:///mlflow.db --experiment mgrpo --sweep-id lr-sweep \\
         --out reports/lr-sweep
 
-prints the verdict table and the best-vs-final table, writes report.md, PNGs and CSVs to --out,
-and logs them as a report run (tag mgrpo.report=1) in the experiment.
+prints the verdict table, the best-vs-final table, the label-free detectors measured against the
+labelled verdict and the label-free checkpoint choice, writes report.md, PNGs and CSVs to --out,
+and logs them as a report run (tag mgrpo.report=1) in the experiment `<experiment>-reports`,
+replacing the earlier report of the same selection. It ends with the links that open the runs'
+curves in the MLflow UI's chart view.
 
 Exit status: 0 when a report was produced (problems such as an unknown sweep id among others,
 or a run without accuracy, are listed in it and on stderr); 1 when nothing matched the selection
@@ -22,6 +25,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from .detectors import ACCURACY, Thresholds
+from .label_free import LabelFreeThresholds
 from .store import DEFAULT_CACHE_DIR, DEFAULT_TRACKING_URI, Selection, SelectionError, Store, TrackingError
 
 
@@ -32,26 +36,39 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _thresholds(pairs: Sequence[tuple[str, str]]) -> Thresholds:
-    th = Thresholds()
-    names = [f.name for f in fields(Thresholds)]
-    changes = {}
+def _thresholds(pairs: Sequence[tuple[str, str]]) -> tuple[Thresholds, LabelFreeThresholds]:
+    """--threshold NAME=VALUE pairs applied to `Thresholds` and `LabelFreeThresholds`. A name
+    both have (noise_z, train_smooth, ...) changes both; `label_free.NAME` changes only the
+    label-free one (the labelled verdict, the truth it is measured against, stays put)."""
+    th, lf = Thresholds(), LabelFreeThresholds()
+    names = {f.name for f in fields(Thresholds)}
+    lf_names = {f.name for f in fields(LabelFreeThresholds)}
+    known = sorted(names | lf_names) + [f"label_free.{n}" for n in sorted(lf_names)]
+    changes: dict[str, object] = {}
+    lf_changes: dict[str, object] = {}
     for key, value in pairs:
-        if key not in names:
-            raise ValueError(f"--threshold {key}: unknown; thresholds are {', '.join(names)}")
-        kind = type(getattr(th, key))
+        only_lf = key.startswith("label_free.")
+        name = key.removeprefix("label_free.")
+        if name not in (lf_names if only_lf else names | lf_names):
+            raise ValueError(f"--threshold {key}: unknown; thresholds are {', '.join(known)}")
+        kind = type(getattr(lf if only_lf or name not in names else th, name))
         try:
-            changes[key] = kind(value)
+            converted = kind(value)
         except ValueError:
             raise ValueError(f"--threshold {key}={value!r}: expected a {kind.__name__}") from None
-    return replace(th, **changes)
+        if name in names and not only_lf:
+            changes[name] = converted
+        if name in lf_names:
+            lf_changes[name] = converted
+    return replace(th, **changes), replace(lf, **lf_changes)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mgrpo-analyze",
         description="Detect collapse in M-GRPO / SRT runs logged to MLflow and write a report.",
-        epilog="Thresholds: see mgrpo_analysis.detectors.Thresholds; e.g. --threshold noise_z=4.",
+        epilog="Thresholds: see mgrpo_analysis.detectors.Thresholds and mgrpo_analysis.label_free."
+               "LabelFreeThresholds; e.g. --threshold noise_z=4 --threshold rule=constant_answer,answer_drift.",
     )
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI,
                    help=f"MLflow tracking URI (default: {DEFAULT_TRACKING_URI})")
@@ -66,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="report folder (default: reports/<experiment>)")
     p.add_argument("--metric", default=ACCURACY, help=f"held-out accuracy metric (default: {ACCURACY})")
     p.add_argument("--threshold", action="append", default=[], type=_key_value, metavar="NAME=VALUE",
-                   help="override a detector threshold; repeatable")
+                   help="override a detector threshold (label_free.NAME: the label-free one only); repeatable")
     p.add_argument("--no-mlflow-report", action="store_true",
                    help="do not log the report as a run in the experiment")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
@@ -89,10 +106,10 @@ def _print_table(title: str, df: pd.DataFrame) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
-    from . import report, tables  # after argument parsing, so --help stays fast
+    from . import label_free, links, report, tables  # after argument parsing, so --help stays fast
 
     try:
-        thresholds = _thresholds(args.threshold)
+        thresholds, lf_thresholds = _thresholds(args.threshold)
     except ValueError as err:
         parser().error(str(err))
     selection = Selection(
@@ -104,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         store = Store.open(args.tracking_uri)
         analysis = report.analyze(
             store, selection, metric=args.metric, thresholds=thresholds,
-            cache_dir=None if args.no_cache else args.cache_dir,
+            cache_dir=None if args.no_cache else args.cache_dir, label_free_thresholds=lf_thresholds,
         )
     except (TrackingError, SelectionError) as err:
         print(f"mgrpo-analyze: error: {err}", file=sys.stderr)
@@ -115,18 +132,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     res = analysis.results
     _print_table(f"Verdicts ({len(res)} runs, {int(res['collapsed'].sum())} collapsed)", tables.verdict_table(res))
     _print_table("Best vs final", tables.best_vs_final_table(analysis.best_vs_final))
+    if not analysis.label_free.empty:
+        _print_table(f"Label-free detectors vs the labelled verdict (rule: {', '.join(lf_thresholds.rule_names)})",
+                     label_free.detector_table_display(analysis.label_free_detectors))
+        _print_table("How far each label-free signal moved (noise units; AUC collapsed vs other)",
+                     label_free.signal_shifts_display(analysis.signal_shifts))
+        _print_table("Checkpoint choice without labels", label_free.choice_summary(analysis.label_free, res))
     path = report.write(analysis, out)
     print(f"\nreport: {path}")
     if res.empty:
         return 1
+    for name, experiment_id in analysis.experiment_ids.items():
+        print(f"curves of {name!r} (chart view): {links.where_to_look(store.uri, experiment_id)}")
     if not args.no_mlflow_report:
-        name = next(iter(analysis.experiment_ids))
         try:
-            run_id = report.log_report_run(store, analysis, out)
+            logged = report.log_report_run(store, analysis, out)
         except Exception as err:  # the local report stands; say why MLflow has no copy
             print(f"mgrpo-analyze: error: could not log the report run to {store.uri}: {err}", file=sys.stderr)
             return 1
-        print(f"report run: {run_id} in experiment {name!r}")
+        replaced = f", replacing {logged.replaced} earlier report(s) of this selection" if logged.replaced else ""
+        print(f"report run: {logged.run_id} in experiment {logged.experiment_name!r}{replaced}: "
+              f"{links.run_url(store.uri, logged.experiment_id, logged.run_id)}")
     return 0
 
 

@@ -41,6 +41,32 @@ DETECTORS = (
 
 
 @dataclass(frozen=True)
+class DetectorInfo:
+    """What a detector reads: whether any of its inputs needs gold labels, and which curves."""
+
+    name: str
+    reads_labels: bool
+    """True when an input is a held-out accuracy or a diagnostic computed from gold answers
+    (`train/true_accuracy`, `train/label_accuracy`): such a detector cannot run without labels."""
+    inputs: tuple[str, ...]
+    description: str = ""
+
+
+DETECTOR_INFO = {
+    "accuracy_collapse": DetectorInfo("accuracy_collapse", True, (ACCURACY,), "held-out accuracy fell from its peak"),
+    "reward_accuracy_divergence": DetectorInfo(
+        "reward_accuracy_divergence", True, (PSEUDO_REWARD, TRUE_ACCURACY, LABEL_ACCURACY, ACCURACY),
+        "pseudo-reward rose while an accuracy fell"),
+    "entropy_collapse": DetectorInfo("entropy_collapse", False, (ENTROPY,), "policy entropy fell early"),
+    "degenerate_consensus": DetectorInfo(
+        "degenerate_consensus", True, (VOTE_SHARE, ZERO_STD_FRAC, LABEL_ACCURACY),
+        "unanimous votes, unless the pseudo-labels are correct (reads labels for that exemption)"),
+}
+"""The detectors above, marked label-reading or label-free (`mgrpo_analysis.label_free` has the
+label-free ones that make up a verdict without labels)."""
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """Every threshold of the collapse detectors, with the reason for its default.
 

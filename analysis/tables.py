@@ -17,9 +17,9 @@ import pandas as pd
 
 from .store import METHOD_PARAM, SEED_PARAM, SWEPT_TAG
 
-METHOD_LABELS = {"mgrpo": "M-GRPO", "srt": "SRT", "gt_grpo": "GT-GRPO"}
+METHOD_LABELS = {"mgrpo": "M-GRPO", "srt": "SRT", "gt_grpo": "GT-GRPO", "ttrl": "TTRL", "intuitor": "Intuitor"}
 """Display names of the presets; other `algo.name` values are shown as they are."""
-_METHOD_ORDER = ("mgrpo", "srt", "gt_grpo")
+_METHOD_ORDER = ("mgrpo", "srt", "gt_grpo", "ttrl", "intuitor")
 _RUN_SPECIFIC = re.compile(r"(^|[._])(output_dir|run_name|cache_dir|checkpoint_dir)$|_(dir|path)$")
 """Params that differ per run without being swept (paths, names), ignored by the fallback."""
 
@@ -29,7 +29,7 @@ def method_label(method: str) -> str:
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    """Presets first (M-GRPO, SRT, GT-GRPO), then the rest alphabetically."""
+    """Presets first (M-GRPO, SRT, GT-GRPO, TTRL, Intuitor), then the rest alphabetically."""
     present = set(methods)
     return [m for m in _METHOD_ORDER if m in present] + sorted(present - set(_METHOD_ORDER))
 
@@ -245,3 +245,71 @@ def markdown(df: pd.DataFrame) -> str:
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
+
+
+ARM_SIGNALS = {
+    "train/pseudo_reward": "pseudo-reward",
+    "train/entropy": "policy entropy",
+    "train/filtered_frac": "filtered",
+}
+"""The training signals `arm_summary` shows per arm, early -> late, with their display names."""
+
+
+def arm_summary(res: pd.DataFrame, curves: pd.DataFrame, window: float = 0.25) -> pd.DataFrame:
+    """The arms side by side (an arm: one config and method, e.g. the ablation's "M-GRPO,
+    algo.iqr_k=null"): over its seeds, held-out accuracy (peak and final, mean and sample std)
+    and each `ARM_SIGNALS` signal as the mean over the run's first and last `window` of its
+    training steps (then averaged over seeds).
+
+    Args:
+        res: `results` frame (one row per run, with `peak` and `final`).
+        curves: long frame run_id, step, metric, value.
+    Returns:
+        One row per arm: config, method, n, peak_mean, peak_std, final_mean, final_std, and
+        `<signal> early` / `<signal> late` for each signal logged by any of the arm's runs.
+    """
+    have = res[res["final"].notna()]
+    if have.empty:
+        return pd.DataFrame(columns=["config", "method", "n", "peak_mean", "peak_std", "final_mean", "final_std"])
+    wanted = curves[curves["metric"].isin(list(ARM_SIGNALS))].dropna(subset=["value"])
+    per_run: dict[str, dict[str, float]] = {}
+    for (run_id, metric), g in wanted.groupby(["run_id", "metric"], observed=True, sort=False):
+        g = g[g["step"] > 0].sort_values("step")
+        if g.empty:
+            continue
+        last = g["step"].max()
+        early = g[g["step"] <= window * last]["value"]
+        late = g[g["step"] >= (1 - window) * last]["value"]
+        name = ARM_SIGNALS[str(metric)]
+        per_run.setdefault(str(run_id), {})[f"{name} early"] = early.mean() if not early.empty else np.nan
+        per_run[str(run_id)][f"{name} late"] = late.mean()
+    signals = pd.DataFrame.from_dict(per_run, orient="index")
+    signals.index.name = "run_id"
+    merged = have.merge(signals.reset_index(), on="run_id", how="left") if not signals.empty else have.copy()
+    signal_cols = [f"{n} {w}" for n in ARM_SIGNALS.values() for w in ("early", "late") if f"{n} {w}" in merged]
+    g = merged.groupby(["config", "method"], sort=False)
+    out = g.agg(n=("run_id", "size"), peak_mean=("peak", "mean"), peak_std=("peak", "std"),
+                final_mean=("final", "mean"), final_std=("final", "std")).reset_index()
+    if signal_cols:
+        out = out.merge(g[signal_cols].mean().reset_index(), on=["config", "method"])
+    return out
+
+
+def arm_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """`arm_summary` for display: one row per arm, accuracy as mean ± std, signals early → late."""
+    if summary.empty:
+        return pd.DataFrame()
+    several = summary["config"].nunique() > 1
+    out = pd.DataFrame({
+        "arm": [f"{method_label(m)}, {c}" if several else method_label(m) for c, m in zip(summary["config"], summary["method"])],
+        "n seeds": summary["n"],
+        "held-out peak": list(map(_pm, summary["peak_mean"], summary["peak_std"])),
+        "held-out final": list(map(_pm, summary["final_mean"], summary["final_std"])),
+    })
+    for name in ARM_SIGNALS.values():
+        if f"{name} early" in summary:
+            out[f"{name} (early → late)"] = [
+                "–" if pd.isna(a) and pd.isna(b) else f"{a:.3f} → {b:.3f}"
+                for a, b in zip(summary[f"{name} early"], summary[f"{name} late"])
+            ]
+    return out

@@ -35,16 +35,21 @@ class ConfigError(ValueError):
 
 @dataclass
 class AlgoConfig:
-    """What is optimised. Presets (mgrpo, srt, gt_grpo) live in `mgrpo.algos.registry`."""
+    """What is optimised. Presets (mgrpo, srt, gt_grpo, ttrl, intuitor) live in `mgrpo.algos.registry`."""
 
     name: str = "mgrpo"
-    """Preset name (mgrpo | srt | gt_grpo); analysis groups runs by it."""
+    """Preset name (mgrpo | srt | gt_grpo | ttrl | intuitor); analysis groups runs by it."""
     reward: str = "pseudo"
-    """Reward source: 'pseudo' (majority vote, label-free) or 'ground_truth' (dataset label)."""
+    """Reward source: 'pseudo' (majority vote, label-free), 'self_certainty' (Intuitor: the
+    policy's own confidence, label-free) or 'ground_truth' (dataset label)."""
     num_rollouts: int = 10
     """G: samples per prompt, pooled over policy and momentum (G = M + N)."""
     num_momentum_rollouts: Optional[int] = None
     """N: samples per prompt from the momentum model; they only vote. None means G // 4."""
+    trained_fraction: float = 1.0
+    """Share of the policy's M = G - N samples per prompt that are trained on: the first
+    floor(f * M) of each prompt; the others only vote (TTRL: 0.5, a vote over 64 samples and a
+    loss over 32). 1.0 trains on all of them."""
     momentum: float = 0.99
     """m: weight on the old momentum parameters, theta_k <- m*theta_k + (1-m)*theta_q."""
     iqr_k: Optional[float] = 0.75
@@ -80,8 +85,12 @@ class AlgoConfig:
         return self.num_momentum_rollouts
 
     def num_policy_rollouts(self) -> int:
-        """M = G - N: samples per prompt that are trained on."""
+        """M = G - N: samples per prompt drawn from the policy (all vote)."""
         return self.num_rollouts - self.resolved_num_momentum_rollouts()
+
+    def num_trained_rollouts(self) -> int:
+        """floor(f * M): policy samples per prompt that are trained on (the first of each prompt)."""
+        return int(math.floor(self.trained_fraction * self.num_policy_rollouts() + 1e-9))
 
 
 @dataclass
@@ -377,6 +386,10 @@ class TrackingConfig:
     """While the store is unreachable, metrics are buffered and retried at most this often."""
 
 
+MONITOR_MODES = ("labeled", "label_free")
+"""monitor.mode values."""
+
+
 @dataclass
 class MonitorConfig:
     """Online collapse detection during training (same detectors as `mgrpo-analyze`)."""
@@ -385,7 +398,19 @@ class MonitorConfig:
     every: int = 25
     """Run the detectors every this many steps, and at the last step."""
     stop_on_collapse: bool = False
-    """End the run early (as finished, tagged collapsed) when collapse is detected."""
+    """End the run early (as finished, tagged collapsed) when collapse is detected (false: only
+    tag the run)."""
+    mode: str = "labeled"
+    """Which verdict the monitor computes, tags and stops on. labeled: the collapse detectors of
+    `mgrpo_analysis.detectors`, which read the selection set's val/accuracy (tags
+    mgrpo.collapsed, mgrpo.collapse_step). label_free: the label-free rule of
+    `mgrpo_analysis.label_free`, which reads only per-step signals computed without gold answers
+    (tags mgrpo.label_free_alarm, mgrpo.label_free_onset_step, mgrpo.label_free_detectors, and
+    mgrpo.label_free_checkpoint_step, the checkpoint step it would keep). For data without labels,
+    or to test how far the label-free rule can be trusted (experiments/label_free/)."""
+    label_free_rule: Optional[list[str]] = None
+    """label_free mode: the detectors whose alarm counts, e.g. `[constant_answer,answer_drift]`
+    (names of `mgrpo_analysis.label_free.LABEL_FREE_DETECTORS`); null: `LabelFreeThresholds.rule`."""
 
 
 @dataclass
@@ -434,6 +459,18 @@ def validate(cfg: Config) -> None:
         )
     if a.reward == "pseudo" and a.num_policy_rollouts() < 2:
         _fail("algo.num_rollouts", a.num_rollouts, "G - N must be >= 2 for a GRPO advantage")
+    if not (0.0 < a.trained_fraction <= 1.0):
+        _fail("algo.trained_fraction", a.trained_fraction, "must be in (0, 1]")
+    if a.trained_fraction < 1.0 and a.num_trained_rollouts() < 2:
+        _fail(
+            "algo.trained_fraction", a.trained_fraction,
+            f"it trains on floor(f * (G - N)) = {a.num_trained_rollouts()} samples per prompt; a GRPO advantage needs >= 2",
+        )
+    if a.reward == "self_certainty" and n != 0:
+        _fail(
+            "algo.num_momentum_rollouts", n,
+            "the self_certainty reward has no vote for momentum samples to join; use 0",
+        )
     if not (0.0 <= a.min_vote_share <= 1.0):
         _fail("algo.min_vote_share", a.min_vote_share, "must be in [0, 1]")
     _one_of("algo.entropy_estimator", a.entropy_estimator, ENTROPY_ESTIMATORS)
@@ -537,6 +574,13 @@ def validate(cfg: Config) -> None:
 
     if cfg.monitor.every < 1:
         _fail("monitor.every", cfg.monitor.every, "must be >= 1")
+    _one_of("monitor.mode", cfg.monitor.mode, MONITOR_MODES)
+    if cfg.monitor.label_free_rule is not None:
+        from mgrpo_analysis.label_free import LABEL_FREE_DETECTORS
+
+        names = list(cfg.monitor.label_free_rule)
+        if not names or any(n not in LABEL_FREE_DETECTORS for n in names):
+            _fail("monitor.label_free_rule", names, "a non-empty list of label-free detectors, from: " + ", ".join(LABEL_FREE_DETECTORS))
 
 
 def validate_benchmarks(cfg: Config) -> None:

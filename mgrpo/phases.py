@@ -21,6 +21,7 @@ from mgrpo.algos.answers import AnswerEquivalence, extract_answer
 from mgrpo.algos.entropy import sampled_entropy_estimate, trajectory_entropy
 from mgrpo.algos.filtering import iqr_keep_mask
 from mgrpo.algos.losses import policy_loss
+from mgrpo.algos.self_certainty import trajectory_self_certainty
 from mgrpo.algos.voting import VoteResult, majority_vote
 from mgrpo.models.scorer import ResponseScorer
 from mgrpo.rollout.base import Rollouts
@@ -49,6 +50,8 @@ class Scores:
     """(B, R) float32 log-probs of the response tokens at the sampling temperature."""
     entropy: torch.Tensor
     """(B,) trajectory entropy."""
+    self_certainty: Optional[torch.Tensor] = None
+    """(B,) mean self-certainty over the response, when asked for (`self_certainty_vocab`)."""
 
 
 @torch.no_grad()
@@ -59,30 +62,36 @@ def score_phase(
     chunk_size: int,
     entropy_estimator: str = "full",
     context: ComputeContext = nullcontext,
+    self_certainty_vocab: Optional[int] = None,
 ) -> Scores:
     """Log-probs of the response tokens and trajectory entropy under `scorer`, `chunk_size`
-    sequences per forward pass. Under FSDP every rank must run it on the same number of rows."""
+    sequences per forward pass, and each sample's self-certainty over the first
+    `self_certainty_vocab` ids when that is given (in the same pass). Under FSDP every rank must
+    run it on the same number of rows."""
     was_training = scorer.training
     scorer.eval()
     device = rollouts_device(scorer)
-    logprobs, entropy = [], []
+    logprobs, entropy, certainty = [], [], []
     for start in range(0, len(rollouts), chunk_size):
         rows = slice(start, start + chunk_size)
         mask = rollouts.response_mask[rows].to(device)
         with context():
-            lp, ent = scorer(
+            lp, ent, *rest = scorer(
                 rollouts.sequences[rows].to(device),
                 rollouts.attention_mask[rows].to(device),
                 mask,
                 temperature,
                 with_entropy=entropy_estimator == "full",
+                self_certainty_vocab=self_certainty_vocab,
             )
         logprobs.append(lp.cpu())
         h = trajectory_entropy(ent, mask) if ent is not None else sampled_entropy_estimate(lp, mask)
         entropy.append(h.cpu())
+        if rest:
+            certainty.append(trajectory_self_certainty(rest[0], mask).cpu())
     reshard(scorer)
     scorer.train(was_training)
-    return Scores(torch.cat(logprobs), torch.cat(entropy))
+    return Scores(torch.cat(logprobs), torch.cat(entropy), torch.cat(certainty) if certainty else None)
 
 
 def rollouts_device(model: torch.nn.Module) -> torch.device:
@@ -102,6 +111,14 @@ def sampler_entropy(rollouts: Rollouts, estimator: str) -> Optional[torch.Tensor
     if estimator == "sampled" and rollouts.sampler_logprobs is not None:
         return sampled_entropy_estimate(rollouts.sampler_logprobs, rollouts.response_mask)
     return None
+
+
+def sampler_self_certainty(rollouts: Rollouts) -> Optional[torch.Tensor]:
+    """(B,) each sample's self-certainty from what the sampler recorded (the HF engine does), or
+    None (then `score_phase(..., self_certainty_vocab=...)` computes the same from the weights)."""
+    if rollouts.sampler_self_certainty is None:
+        return None
+    return trajectory_self_certainty(rollouts.sampler_self_certainty, rollouts.response_mask)
 
 
 def filter_phase(entropy: torch.Tensor, group_ids: torch.Tensor, iqr_k: Optional[float]) -> torch.Tensor:

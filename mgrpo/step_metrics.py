@@ -4,19 +4,60 @@ Each rank computes its metrics over its own prompts; `Ranks.reduce_metrics` then
 weighted metrics as count-weighted means, summed ones as sums (the update's loss terms are
 already divided by global counts), maxed ones as maxima. Gold answers are read here only, for
 the diagnostics train/true_accuracy and train/label_accuracy.
+
+Label-free health signals (`LABEL_FREE_METRICS`) read only what a run without labels has: the
+samples, their answers, votes and entropies. `LABEL_METRICS` read the hidden gold answers. The
+early-warning detectors of `mgrpo_analysis.detectors` are built on the first kind only.
+
+Besides the per-rank metrics, two signals need every rank's prompts and are computed on rank 0
+from a gather (`PseudoLabelMemory`): the pseudo-label's stability on prompts seen again in a
+later epoch (`train/label_flip_frac`, keyed by `Problem.uid`, kept in the checkpoint) and the
+share of the step's prompts whose pseudo-label is the step's most common one
+(`train/label_mode_frac`: a collapse onto one constant answer).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from mgrpo.algos.voting import VoteResult
+from mgrpo.algos.answers import normalize_answer
+from mgrpo.algos.voting import VoteResult, majority_vote
 from mgrpo.rollout.base import Rollouts
 from mgrpo.tasks import Problem
+
+
+LABEL_METRICS = ("train/true_accuracy", "train/label_accuracy")
+"""Per-step diagnostics that read the hidden gold answers (never an input to a label-free run's
+update, monitor or checkpoint choice)."""
+
+LABEL_FREE_METRICS = (
+    "train/pseudo_reward",
+    "train/vote_share",
+    "train/num_answer_classes",
+    "train/unlabeled_frac",
+    "train/no_answer_frac",
+    "train/zero_std_frac",
+    "train/filtered_frac",
+    "train/entropy",
+    "train/entropy_momentum",
+    "train/response_length",
+    "train/kl",
+    "train/ema_param_distance",
+    "train/policy_momentum_disagreement",
+    "train/momentum_agreement",
+    "train/label_flip_frac",
+    "train/label_mode_frac",
+    "train/answer_log_magnitude",
+    "train/self_certainty",
+)
+"""Per-step health signals that a run without labels has: computed from samples, answers,
+votes, entropies and weights only."""
 
 
 @dataclass
@@ -81,6 +122,8 @@ def step_metrics(
         "train/unlabeled_frac": 1.0 - len(labeled) / n_prompts,
     }
     m.weighted.update({k: (v, n_prompts) for k, v in per_prompt.items()})
+    magnitudes = [v for v in (answer_log_magnitude(a) for a in policy_answers) if v is not None]
+    m.weighted["train/answer_log_magnitude"] = (float(np.mean(magnitudes)) if magnitudes else 0.0, float(len(magnitudes)))
     m.weighted["train/filtered_frac"] = (float(1.0 - keep.float().mean()), len(keep))
     m.weighted["train/zero_std_frac"] = (adv_metrics["zero_std_frac"], groups_with_members)
 
@@ -99,3 +142,138 @@ def step_metrics(
         m.summed[f"train/{key}"] = update[key]
     m.maxed["train/grad_norm"] = update["grad_norm"]
     return m
+
+
+_FRACTION = re.compile(r"^(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}$")
+
+
+def answer_log_magnitude(answer: Optional[str]) -> Optional[float]:
+    """sign(x) * log10(1 + |x|) of a numeric answer (a decimal number, "a/b" or a plain
+    \\frac{a}{b}; thousands separators ignored), None for any other answer.
+
+    `train/answer_log_magnitude` is its mean over the policy's numeric answers. Prompts are
+    drawn i.i.d. from a fixed pool, so without labels the expected value of any statistic of
+    the answers' marginal distribution is constant unless the policy changes: a sustained
+    drift is a policy shifting its answers systematically (in the collapse lab, SRT's answers
+    drift downwards by a ten at a time). The log keeps one huge answer from dominating.
+    """
+    if answer is None:
+        return None
+    text = normalize_answer(answer).replace(",", "").replace("{,}", "")
+    value: Optional[float] = None
+    match = _FRACTION.match(text)
+    try:
+        if match:
+            value = (-1.0 if match.group(1) else 1.0) * float(match.group(2)) / float(match.group(3))
+        elif "/" in text and text.count("/") == 1:
+            num, den = text.split("/")
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+    if not math.isfinite(value):
+        return None
+    return math.copysign(math.log10(1.0 + abs(value)), value)
+
+
+def same_answers(pairs: Sequence[tuple[str, str]], equivalent: Callable[[str, str], bool]) -> list[bool]:
+    """Whether each pair of answers is one equivalence class: identical normalised strings
+    without asking `equivalent`, the rest in one `equivalent.many` batch when it has one."""
+    out = [normalize_answer(a) == normalize_answer(b) for a, b in pairs]
+    ask = [i for i, same in enumerate(out) if not same]
+    if ask:
+        many = getattr(equivalent, "many", None)
+        asked = [pairs[i] for i in ask]
+        verdicts = list(many(asked)) if callable(many) else [equivalent(a, b) for a, b in asked]
+        for i, verdict in zip(ask, verdicts):
+            out[i] = bool(verdict)
+    return out
+
+
+def role_signals(
+    answers: Sequence[Optional[str]],
+    group_ids: Sequence[int],
+    num_policy: int,
+    vote: VoteResult,
+    equivalent: Callable[[str, str], bool],
+) -> dict[str, tuple[float, float]]:
+    """M-GRPO's label-free policy-vs-momentum signals of one rank, as (mean, weight) pairs.
+
+    - `train/policy_momentum_disagreement`: over prompts where both roles cast votes, the
+      fraction whose policy-only majority answer (a vote over the policy's own samples, no
+      filter) is not the momentum-only majority answer (over the momentum's own samples). The
+      momentum model is the slow EMA anchor, so a policy drifting away from it shows here
+      first. With few momentum samples (N = 2 in the lab) each momentum majority is noisy, so
+      the level is high; its trend is what matters.
+    - `train/momentum_agreement`: the fraction of momentum samples whose answer is in the pooled
+      pseudo-label's class (the pseudo-reward the momentum samples would get).
+
+    Args:
+        answers: (B_pooled,) extracted answers, policy samples first.
+        group_ids: (B_pooled,) prompt index of each sample.
+        num_policy: how many of the pooled samples are the policy's.
+        vote: the step's pooled vote (its `agrees` flags).
+    Returns {} when there are no momentum samples.
+    """
+    if len(answers) <= num_policy:
+        return {}
+    offset = max(group_ids) + 1
+    role_groups = [g if i < num_policy else g + offset for i, g in enumerate(group_ids)]
+    roles = majority_vote(answers, role_groups, equivalent)
+    prompts = sorted(set(group_ids))
+    pairs = [
+        (roles.groups[g].label, roles.groups[g + offset].label)
+        for g in prompts
+        if g in roles.groups and g + offset in roles.groups
+        and roles.groups[g].label is not None and roles.groups[g + offset].label is not None
+    ]
+    same = same_answers(pairs, equivalent)
+    momentum_agrees = vote.agrees[num_policy:]
+    return {
+        "train/policy_momentum_disagreement": (1.0 - float(np.mean(same)) if same else 0.0, float(len(same))),
+        "train/momentum_agreement": (float(np.mean(momentum_agrees)), float(len(momentum_agrees))),
+    }
+
+
+def step_pseudo_labels(problems: Sequence[Problem], vote: VoteResult) -> list[tuple[str, Optional[str]]]:
+    """(uid, pseudo-label or None) of each of this rank's prompts, for `PseudoLabelMemory`."""
+    return [(p.uid, vote.groups[g].label if g in vote.groups else None) for g, p in enumerate(problems)]
+
+
+class PseudoLabelMemory:
+    """The last pseudo-label of every prompt seen so far (uid -> label), held on rank 0 and kept
+    in the checkpoint, so a prompt seen again in a later epoch, on any rank, is compared with
+    its previous label. Label-free: it stores pseudo-labels, never gold answers."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, str] = {}
+
+    def state_dict(self) -> dict[str, dict[str, str]]:
+        return {"pseudo_labels": dict(self.labels)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.labels = dict(state.get("pseudo_labels", {}))
+
+    def observe(self, labelled: Sequence[tuple[str, Optional[str]]], equivalent: Callable[[str, str], bool]) -> dict[str, float]:
+        """Record one step's (uid, pseudo-label) pairs, gathered from every rank; return its
+        rank-0 metrics.
+
+        - `train/label_flip_frac`: of the labelled prompts seen before with a label, the
+          fraction whose label left the previous label's equivalence class (absent when no
+          prompt was seen again, as in the first epoch).
+        - `train/label_mode_frac`: the share of this step's labelled prompts whose label is the
+          step's most common one (1/B for distinct answers; near 1 when the model answers every
+          prompt alike).
+        An unlabeled prompt (no votes, or below algo.min_vote_share) keeps its previous label.
+        """
+        now = [(uid, label) for uid, label in labelled if label is not None]
+        seen = [(self.labels[uid], label) for uid, label in now if uid in self.labels]
+        out: dict[str, float] = {}
+        if seen:
+            out["train/label_flip_frac"] = 1.0 - float(np.mean(same_answers(seen, equivalent)))
+        if now:
+            mode = majority_vote([label for _, label in now], [0] * len(now), equivalent)
+            out["train/label_mode_frac"] = mode.groups[0].vote_share
+        self.labels.update(now)
+        return out

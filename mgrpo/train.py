@@ -45,6 +45,20 @@ SLUG_MAX = 200
 """Longest run directory name: file systems refuse names over 255 bytes."""
 
 
+def _chart_hint(uri: str, tracker: Tracker) -> str:
+    """How to see the run's curves: the MLflow UI command and the chart-view link of its
+    experiment (MLflow 3 opens an experiment on its GenAI overview, not on the runs' charts)."""
+    from mgrpo_analysis.links import where_to_look
+
+    try:
+        from mlflow import MlflowClient
+
+        experiment_id = MlflowClient(uri).get_run(tracker.run_id).info.experiment_id
+    except Exception:  # the store is unreachable: the plain hint still helps
+        return tracker.url_hint
+    return where_to_look(uri, experiment_id)
+
+
 def _slug(override_dirname: str) -> str:
     """A run directory name from the job's overrides ("default" when there are none); a long
     one is cut and ends in a hash of the whole, so distinct runs keep distinct directories."""
@@ -165,7 +179,7 @@ def _run_rank(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[
             file=sys.stderr,
         )
     elif cfg.tracking.enabled:
-        print(f"[mgrpo] MLflow run {tracker.run_id}: {tracker.url_hint}", file=sys.stderr)
+        print(f"[mgrpo] MLflow run {tracker.run_id}: {_chart_hint(uri, tracker)}", file=sys.stderr)
     return objective
 
 

@@ -32,10 +32,10 @@ import torch
 import transformers
 
 from mgrpo import checkpoint as ckpt
-from mgrpo.algos.answers import AnswerEquivalence
+from mgrpo.algos.answers import AnswerEquivalence, extract_answer
 from mgrpo.algos.ema import ema_update_
-from mgrpo.algos.registry import REWARD_SOURCES
-from mgrpo.algos.rewards import grpo_advantages
+from mgrpo.algos.registry import NEEDS_SELF_CERTAINTY, REWARD_SOURCES
+from mgrpo.algos.rewards import first_per_group, grpo_advantages
 from mgrpo.config import Config
 from mgrpo.evaluation import prepare_benchmarks
 from mgrpo.in_training_eval import InTrainingEvaluator
@@ -48,6 +48,7 @@ from mgrpo.phases import (
     pad_plan,
     plan_update,
     sampler_entropy,
+    sampler_self_certainty,
     score_phase,
     stream_seed,
     timed,
@@ -59,7 +60,7 @@ from mgrpo.rollout.base import Rollouts
 from mgrpo.rollout.handoff import StaleWeightsError
 from mgrpo.run_monitor import RunMonitor
 from mgrpo.sharding import compute_context, full_parameters
-from mgrpo.step_metrics import logprob_drift, step_metrics
+from mgrpo.step_metrics import PseudoLabelMemory, logprob_drift, role_signals, step_metrics, step_pseudo_labels
 from mgrpo.tasks import Problem, load_task, prepare_task
 from mgrpo.tracking import Tracker
 
@@ -93,6 +94,7 @@ class Trainer:
         a = cfg.algo
         self.num_momentum = a.resolved_num_momentum_rollouts()
         self.num_policy = a.num_policy_rollouts()
+        self.num_trained = a.num_trained_rollouts()  # the first of each prompt's policy samples; all vote
         self.engines = build_engines(
             cfg.rollout,
             self.ranks,
@@ -110,6 +112,7 @@ class Trainer:
         )
         self.step = 0
         self.monitor = RunMonitor(cfg.monitor, cfg.trainer, len(self.evaluator.selection))
+        self.label_memory = PseudoLabelMemory()  # rank 0: uid -> last pseudo-label, in checkpoints
         self.finished = False
 
     # ---- bookkeeping ---------------------------------------------------------------------
@@ -128,6 +131,7 @@ class Trainer:
         ckpt.load_checkpoint(found, self.ranks, self.training_state())
         self.step = int(found.state["step"])
         self.monitor.load_state_dict(found.state)
+        self.label_memory.load_state_dict(found.state)
         self.finished = bool(found.state.get("finished", False))
         self.tracker.load_state_dict(found.state.get("tracking", {}))
         log.info("resumed from %s at step %d (MLflow run %s)", found.path, self.step, self.tracker.run_id)
@@ -138,6 +142,7 @@ class Trainer:
             "fingerprint": self.fingerprint(),
             "tracking": self.tracker.state_dict(),
             **self.monitor.state_dict(),
+            **self.label_memory.state_dict(),
             "finished": self.finished,
             "data_position": self.step * self.cfg.trainer.prompts_per_step,
         }
@@ -199,10 +204,13 @@ class Trainer:
         prompts = encode_prompts(self.tokenizer, [p.prompt for p in problems], r.max_prompt_tokens)
 
         with timed(times, "rollout"):
+            # Each role's answers are parsed by the grader's worker while the next phases run.
             policy_ro = self.sample("policy", prompts, self.num_policy, r.temperature, [sample_seed(cfg.trainer.seed, step, "policy", i) for i in indices])
+            self.equivalent.prefetch(extract_answer(t) for t in policy_ro.texts)
             momentum_ro = None
             if self.momentum is not None:
                 momentum_ro = self.sample("momentum", prompts, self.num_momentum, r.temperature, [sample_seed(cfg.trainer.seed, step, "momentum", i) for i in indices])
+                self.equivalent.prefetch(extract_answer(t) for t in momentum_ro.texts)
 
         on_policy = a.ppo_epochs == 1 and a.mini_batches == 1
         drifts: dict[str, tuple[float, float]] = {}
@@ -237,9 +245,12 @@ class Trainer:
 
         with timed(times, "advantages"):
             gold = [problems[g].answer for g in pooled_groups.tolist()]
-            rewards = REWARD_SOURCES[a.reward](answers, pooled_groups.tolist(), vote, gold, self.equivalent)
+            certainty = self.self_certainty(policy_ro) if a.reward in NEEDS_SELF_CERTAINTY else sampler_self_certainty(policy_ro)
+            if certainty is not None:
+                extra["train/self_certainty"] = (float(certainty.mean()), len(certainty))
+            rewards = REWARD_SOURCES[a.reward](answers, pooled_groups.tolist(), vote, gold, self.equivalent, self_certainty=certainty)
             policy_rewards = rewards[:num_policy_samples]
-            members = keep[:num_policy_samples]
+            members = keep[:num_policy_samples] & first_per_group(policy_ro.group_ids, self.num_trained)
             advantages, adv_metrics = grpo_advantages(policy_rewards, policy_ro.group_ids, members, a.adv_eps, a.adv_std)
 
         lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
@@ -275,6 +286,11 @@ class Trainer:
 
         local = step_metrics(problems, policy_ro, policy_entropy, answers, vote, keep, policy_rewards, advantages, members, adv_metrics, update, self.equivalent)
         local.weighted.update(extra)
+        with timed(times, "signals"):  # label-free health signals that need more than one vote
+            if momentum_ro is not None:
+                local.weighted.update(role_signals(answers, pooled_groups.tolist(), num_policy_samples, vote, self.equivalent))
+            step_labels = self.ranks.all_gather_objects(step_pseudo_labels(problems, vote))
+            label_signals = self.label_memory.observe([p for part in step_labels for p in part], self.equivalent) if self.ranks.is_main else {}
         local.maxed.update(times)
         if ema_squared_distance is not None:
             local.summed["train/ema_param_distance"] = ema_squared_distance
@@ -284,6 +300,7 @@ class Trainer:
         if self.reference is None:
             metrics.pop("train/kl", None)
         metrics["train/lr"] = lr
+        metrics.update(label_signals)
         metrics.update({key: drift for key, (drift, tokens) in drifts.items() if tokens > 0})
         return metrics
 
@@ -295,6 +312,17 @@ class Trainer:
             drifts["train/rollout_logprob_drift"] = self.guard_drift("policy", rollouts.select(rows), logprobs[rows])
 
         return guard
+
+    def self_certainty(self, rollouts: Rollouts) -> torch.Tensor:
+        """(B,) the policy samples' self-certainty at the sampling temperature: the sampler's when
+        it recorded it (the HF engine), else a scoring pass of the policy (vLLM), over the
+        tokenizer's vocabulary (the LM head may be padded past it)."""
+        certainty = sampler_self_certainty(rollouts)
+        if certainty is None:
+            r = self.cfg.rollout
+            scores = score_phase(self.policy, rollouts, r.temperature, r.score_chunk_size, "sampled", self.context, self_certainty_vocab=len(self.tokenizer))
+            certainty = scores.self_certainty
+        return certainty
 
     def momentum_entropy(self, rollouts: Rollouts, drifts: dict[str, tuple[float, float]]) -> torch.Tensor:
         """(B,) trajectory entropy of the momentum samples: the sampler's when it recorded it (no

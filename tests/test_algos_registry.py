@@ -8,7 +8,7 @@ import re
 import pytest
 
 from mgrpo.algos.registry import ALGORITHM_PRESETS, REWARD_SOURCES
-from mgrpo.algos.rewards import ground_truth_rewards, pseudo_label_rewards
+from mgrpo.algos.rewards import ground_truth_rewards, pseudo_label_rewards, self_certainty_rewards
 from mgrpo.config import AlgoConfig, Config, ConfigError, validate
 
 
@@ -17,8 +17,10 @@ def _config(**algo: object) -> Config:
 
 
 def test_preset_names_and_reward_sources() -> None:
-    assert set(ALGORITHM_PRESETS) == {"mgrpo", "srt", "gt_grpo"}
-    assert REWARD_SOURCES == {"pseudo": pseudo_label_rewards, "ground_truth": ground_truth_rewards}
+    assert set(ALGORITHM_PRESETS) == {"mgrpo", "srt", "gt_grpo", "ttrl", "intuitor"}
+    assert REWARD_SOURCES == {
+        "pseudo": pseudo_label_rewards, "ground_truth": ground_truth_rewards, "self_certainty": self_certainty_rewards,
+    }
     for preset in ALGORITHM_PRESETS.values():
         assert preset.description
         assert set(preset.overrides) <= {f.name for f in dataclasses.fields(AlgoConfig)}
@@ -55,6 +57,23 @@ def test_gt_grpo_preset() -> None:
     assert cfg.iqr_k is None
 
 
+def test_ttrl_preset_votes_over_all_and_trains_on_half() -> None:
+    cfg = AlgoConfig(**ALGORITHM_PRESETS["ttrl"].overrides)
+    assert cfg.reward == "pseudo" and cfg.resolved_num_momentum_rollouts() == 0 and cfg.iqr_k is None
+    paper = AlgoConfig(**{**ALGORITHM_PRESETS["ttrl"].overrides, "num_rollouts": 64})
+    assert (paper.num_policy_rollouts(), paper.num_trained_rollouts()) == (64, 32)  # TTRL: vote 64, train 32
+    lab = AlgoConfig(**{**ALGORITHM_PRESETS["ttrl"].overrides, "num_rollouts": 11})
+    assert lab.num_trained_rollouts() == 5  # floor(0.5 * 11)
+    assert AlgoConfig(num_rollouts=10).num_trained_rollouts() == 8  # default: every policy sample (M = 8)
+
+
+def test_intuitor_preset() -> None:
+    cfg = AlgoConfig(**ALGORITHM_PRESETS["intuitor"].overrides)
+    assert cfg.reward == "self_certainty"
+    assert cfg.resolved_num_momentum_rollouts() == 0 and cfg.iqr_k is None
+    assert cfg.num_trained_rollouts() == cfg.num_rollouts
+
+
 @pytest.mark.parametrize("name", sorted(ALGORITHM_PRESETS))
 def test_presets_validate(name: str) -> None:
     validate(_config(name=name, **ALGORITHM_PRESETS[name].overrides))
@@ -88,6 +107,10 @@ def test_default_config_validates() -> None:
         ({"loss_agg_mode": "sum"}, "algo.loss_agg_mode"),
         ({"adv_std": "biased"}, "algo.adv_std"),
         ({"adv_eps": -1e-6}, "algo.adv_eps"),
+        ({"trained_fraction": 0.0}, "algo.trained_fraction"),
+        ({"trained_fraction": 1.5}, "algo.trained_fraction"),
+        ({"num_rollouts": 4, "num_momentum_rollouts": 0, "trained_fraction": 0.25}, "algo.trained_fraction"),  # 1 trained
+        ({"reward": "self_certainty", "num_rollouts": 8}, "algo.num_momentum_rollouts"),  # N = G // 4 = 2
     ],
 )
 def test_validate_rejects_bad_algo_values(overrides: dict, key: str) -> None:

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from mgrpo.algos.registry import REWARD_SOURCES
 from mgrpo.algos.rewards import (
     binary_rewards,
+    first_per_group,
     grpo_advantages,
     grpo_advantages_reference,
     ground_truth_rewards,
     pseudo_label_rewards,
+    self_certainty_rewards,
 )
 from mgrpo.algos.voting import majority_vote
 
@@ -100,6 +102,41 @@ def test_ground_truth_rewards_use_gold_not_the_vote() -> None:
     gold = ["6", "6", "6", "6"]
     assert ground_truth_rewards(answers, group_ids, vote, gold, simple_equiv).tolist() == [0.0, 0.0, 1.0, 0.0]
     assert REWARD_SOURCES["ground_truth"](answers, group_ids, vote, gold, simple_equiv).tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_self_certainty_rewards_read_only_the_self_certainty() -> None:
+    """Intuitor's reward is each sample's self-certainty: no gold, no vote, no answers, no judge."""
+    certainty = torch.tensor([0.5, 1.5, 0.25, 2.0], dtype=torch.float64)
+    rewards = self_certainty_rewards(Poison(), [0, 0, 1, 1], None, Poison(), poison_equiv, self_certainty=certainty)
+    assert rewards.dtype == torch.float32 and rewards.tolist() == [0.5, 1.5, 0.25, 2.0]
+    assert REWARD_SOURCES["self_certainty"] is self_certainty_rewards
+    advantages, _ = grpo_advantages(rewards, torch.tensor([0, 0, 1, 1]))
+    s = math.sqrt(0.5)  # a pair's advantages are -+1/sqrt(2) (unbiased std), whatever its gap
+    assert torch.allclose(advantages, torch.tensor([-s, s, -s, s]), atol=1e-5)
+    with pytest.raises(ValueError, match="self-certainty"):
+        self_certainty_rewards(["1"], [0], None, ["1"], simple_equiv)
+    with pytest.raises(ValueError, match="shape"):
+        self_certainty_rewards(["1", "2"], [0, 0], None, ["1", "1"], simple_equiv, self_certainty=torch.zeros(3))
+
+
+def test_binary_sources_ignore_self_certainty() -> None:
+    answers, group_ids = ["5", "5", "6"], [0, 0, 0]
+    vote = majority_vote(answers, group_ids, simple_equiv)
+    for name in ("pseudo", "ground_truth"):
+        plain = REWARD_SOURCES[name](answers, group_ids, vote, ["6"] * 3, simple_equiv)
+        given = REWARD_SOURCES[name](answers, group_ids, vote, ["6"] * 3, simple_equiv, self_certainty=torch.ones(3))
+        assert plain.tolist() == given.tolist()
+
+
+def test_first_per_group_by_hand() -> None:
+    group_ids = torch.tensor([2, 0, 2, 2, 0, 7, 0, 2, 7])
+    assert first_per_group(group_ids, 2).tolist() == [True, True, True, False, True, True, False, False, True]
+    assert first_per_group(group_ids, 1).tolist() == [True, True, False, False, False, True, False, False, False]
+    assert first_per_group(group_ids, None).all() and first_per_group(group_ids, 10).all()
+    assert first_per_group(torch.zeros(0, dtype=torch.long), 2).tolist() == []
+    # The trainer's layout (row i * n + j is sample j of prompt i): the first k of each prompt.
+    layout = torch.arange(3).repeat_interleave(4)
+    assert first_per_group(layout, 2).view(3, 4).tolist() == [[True, True, False, False]] * 3
 
 
 # ---------------------------------------------------------------- advantages: hand cases

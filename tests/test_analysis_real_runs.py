@@ -65,7 +65,25 @@ def test_cli_report_on_real_runs(real_store):
     assert "mgrpo" in result.stdout and "srt" in result.stdout
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("real")
-    reports = client.search_runs([exp.experiment_id], "tags.`mgrpo.report` = '1'")
+    assert not client.search_runs([exp.experiment_id], "tags.`mgrpo.report` = '1'")
+    assert f"#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART" in result.stdout
+    reports = client.search_runs([client.get_experiment_by_name("real-reports").experiment_id], "tags.`mgrpo.report` = '1'")
     assert len(reports) == 1
+
+    # the label-free evaluation table, from the signals the trainer logged
+    import pandas as pd
+
+    from mgrpo_analysis.label_free import LABEL_FREE_DETECTORS
+
+    table = pd.read_csv(out / "label_free_detectors.csv")
+    assert list(table["detector"])[:-1] == list(LABEL_FREE_DETECTORS) and table["detector"].iloc[-1].startswith("rule")
+    per_run = pd.read_csv(out / "label_free_runs.csv")
+    assert len(per_run) == 4 and set(per_run["method"]) == {"mgrpo", "srt"}
+    assert (per_run["lf_step"] == per_run["final_step"]).all(), "4-step runs raise no alarm: the choice is the final step"
+    assert "Label-free detectors vs the labelled verdict" in result.stdout
+    curves = Store.open(uri).curves(Store.open(uri).select(Selection(experiments=("real",))).runs, cache_dir=None)
+    logged = set(curves["metric"])
+    assert {"train/label_mode_frac", "train/answer_log_magnitude", "train/policy_momentum_disagreement",
+            "train/momentum_agreement"} <= logged
     artifacts = {a.path for a in client.list_artifacts(reports[0].info.run_id)}
     assert "report.md" in artifacts or any(p.endswith("report.md") for p in artifacts)

@@ -139,8 +139,14 @@ def test_report_end_to_end(tracking, tmp_path, capsys):
     high = paired[paired["config"] == "lr: optim.lr=3e-05"].iloc[0]
     assert (high["a"], high["b"], high["n"], high["a_higher"]) == ("mgrpo", "srt", 2, 2)
 
-    reports = client.search_runs([client.get_experiment_by_name("exp").experiment_id],
-                                 "tags.`mgrpo.report` = '1'")
+    training = client.get_experiment_by_name("exp").experiment_id
+    assert not client.search_runs([training], "tags.`mgrpo.report` = '1'"), "reports must not pile up among training runs"
+    assert f"#/experiments/{training}/runs?compareRunsMode=CHART" in printed.out
+    for heading in ("## Label-free early warning", "## Checkpoint choice without labels", "## Label-free thresholds"):
+        assert heading in text
+    assert {"label_free_runs.csv", "label_free_detectors.csv"} <= {p.name for p in out.iterdir()}
+    reports_exp = client.get_experiment_by_name("exp-reports").experiment_id
+    reports = client.search_runs([reports_exp], "tags.`mgrpo.report` = '1'")
     assert len(reports) == 1
     report_run = reports[0]
     assert report_run.info.status == "FINISHED"
@@ -149,6 +155,14 @@ def test_report_end_to_end(tracking, tmp_path, capsys):
     assert {"report.md", "curves.png", "entropy.png"} <= artifacts
     again = Store.open(uri).select(Selection(("exp",)))
     assert report_run.info.run_id not in set(again.runs["run_id"])
+
+    # the same selection again replaces its report run; another selection gets its own
+    assert cli.main(["--tracking-uri", uri, "--experiment", "exp", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "replacing 1 earlier report" in capsys.readouterr().out
+    assert cli.main(["--tracking-uri", uri, "--experiment", "exp", "--sweep-id", "lr", "--out", str(tmp_path / "lr"),
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    selections = sorted(r.data.tags["mgrpo.report_selection"] for r in client.search_runs([reports_exp]))
+    assert len(selections) == 2 and report_run.info.run_id not in {r.info.run_id for r in client.search_runs([reports_exp])}
 
 
 def test_unknown_experiment_and_sweep_ids_are_reported(tracking, tmp_path, capsys):

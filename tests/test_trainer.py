@@ -36,6 +36,7 @@ REQUIRED_METRICS = {
     "time/vote",
     "time/update",
     "time/ema",
+    "time/signals",
 }
 
 

@@ -1,10 +1,19 @@
-"""Binary rewards and GRPO advantages.
+"""Rewards and GRPO advantages.
 
-Rewards: r_i = 1 when sample i's answer is equivalent to the reference answer of its prompt, else
-0; a sample with no answer, or a prompt with no reference (unlabeled by the vote), gets 0.
-The reference is the vote's pseudo-label (label-free methods) or the dataset's gold answer
-(ground-truth GRPO). The pseudo-label source never reads gold answers: that is what keeps hidden
-labels out of a label-free update.
+Reward sources share one signature, (answers, group_ids, vote, gold, equivalent, *,
+self_certainty), over the pooled samples (policy first), and each reads only what it needs:
+- binary rewards: r_i = 1 when sample i's answer is equivalent to the reference answer of its
+  prompt, else 0; a sample with no answer, or a prompt with no reference (unlabeled by the
+  vote), gets 0. The reference is the vote's pseudo-label (label-free methods) or the dataset's
+  gold answer (ground-truth GRPO);
+- self-certainty (Intuitor): r_i = the sample's own self-certainty under the policy that drew it
+  (`mgrpo.algos.self_certainty`), a continuous value; no vote, no answer.
+The label-free sources never read gold answers: that is what keeps hidden labels out of a
+label-free update.
+
+Which samples are trained: `first_per_group` marks the first k samples of each prompt, so that a
+vote can run over a larger pool than the loss (TTRL: vote over 64, train on 32). Samples of a
+prompt are i.i.d. draws, so the first k are as good as a random k, and deterministic.
 
 Advantages, per prompt over the policy samples that survived the filter ("members"):
 A_i = (r_i - mean r) / (std r + eps). Conventions pinned by tests:
@@ -54,13 +63,15 @@ def pseudo_label_rewards(
     vote: VoteResult,
     gold: Sequence[Optional[str]],
     equivalent: Equivalence,
+    *,
+    self_certainty: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Reward from the vote: agreement with the prompt's pseudo-label. `gold` is not read.
 
     Returns:
         (B,) float32 in {0, 1}.
     """
-    del answers, group_ids, gold, equivalent
+    del answers, group_ids, gold, equivalent, self_certainty
     return torch.tensor(vote.agrees, dtype=torch.float32)
 
 
@@ -70,14 +81,59 @@ def ground_truth_rewards(
     vote: VoteResult,
     gold: Sequence[Optional[str]],
     equivalent: Equivalence,
+    *,
+    self_certainty: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Reward from the dataset label (the supervised reference). `gold` is per sample.
 
     Returns:
         (B,) float32 in {0, 1}.
     """
-    del group_ids, vote
+    del group_ids, vote, self_certainty
     return binary_rewards(answers, gold, equivalent)
+
+
+def self_certainty_rewards(
+    answers: Sequence[Optional[str]],
+    group_ids: Sequence[int],
+    vote: VoteResult,
+    gold: Sequence[Optional[str]],
+    equivalent: Equivalence,
+    *,
+    self_certainty: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Intuitor's reward: each sample's self-certainty (mean KL(U || p) over its response tokens,
+    under the policy that drew it, at the sampling temperature). Reads neither `gold`, nor the
+    vote, nor the answers.
+
+    Args:
+        self_certainty: (B,) per-sample self-certainty (`trajectory_self_certainty`).
+    Returns:
+        (B,) float32.
+    """
+    del answers, vote, gold, equivalent
+    if self_certainty is None:
+        raise ValueError("the self-certainty reward needs each sample's self-certainty (self_certainty=...)")
+    if self_certainty.shape != (len(group_ids),):
+        raise ValueError(f"self_certainty has shape {tuple(self_certainty.shape)}, expected ({len(group_ids)},)")
+    return self_certainty.detach().float().cpu()
+
+
+def first_per_group(group_ids: torch.Tensor, k: Optional[int]) -> torch.Tensor:
+    """(B,) bool: the first `k` samples of each group, in the order they appear; all when k is None.
+
+    Args:
+        group_ids: (B,) long, any order, any ids.
+    """
+    if k is None:
+        return torch.ones_like(group_ids, dtype=torch.bool)
+    _, index = torch.unique(group_ids, return_inverse=True)
+    order = torch.argsort(index, stable=True)  # each group's samples together, in their order
+    counts = torch.bincount(index)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(index)
+    rank[order] = torch.arange(index.numel()) - starts[index[order]]  # position within its group
+    return rank < k
 
 
 def grpo_advantages(

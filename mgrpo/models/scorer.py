@@ -22,6 +22,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from mgrpo.algos.entropy import logprobs_and_entropy
+from mgrpo.algos.self_certainty import token_self_certainty
 
 
 class ResponseScorer(torch.nn.Module):
@@ -39,16 +40,23 @@ class ResponseScorer(torch.nn.Module):
         response_mask: torch.Tensor,
         temperature: float,
         with_entropy: bool = False,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Log-probs (and entropies) of the counted response tokens at `temperature`.
+        self_certainty_vocab: Optional[int] = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Log-probs (and entropies, and self-certainties) of the counted response tokens at
+        `temperature`.
 
         Args:
             sequences: (b, P + R) left-padded prompt then right-padded response.
             attention_mask: (b, P + R) 1 on real tokens.
             response_mask: (b, R) bool, the response tokens that count.
+            self_certainty_vocab: when given, also return each token's self-certainty KL(U || p),
+                U uniform over the first this-many ids (the tokenizer's vocabulary; see
+                `mgrpo.algos.self_certainty`).
         Returns:
             logprobs: (b, R) float32, 0 where the mask is off.
             entropy: (b, R) float32 full-distribution entropy, or None when not asked for.
+            self_certainty: (b, R) float32, 0 where the mask is off; a third element only when
+                `self_certainty_vocab` is given.
         """
         response_length = response_mask.shape[1]
         prompt_length = sequences.shape[1] - response_length
@@ -57,17 +65,19 @@ class ResponseScorer(torch.nn.Module):
         # Position t predicts token t + 1: the response tokens are predicted from P - 1 .. P + R - 2.
         predicting = hidden[:, prompt_length - 1 : -1][response_mask]
         targets = sequences[:, prompt_length:][response_mask]
-        logprob_chunks, entropy_chunks = [], []
+        logprob_chunks, entropy_chunks, certainty_chunks = [], [], []
         for start in range(0, targets.shape[0], self.chunk_tokens):
             rows = slice(start, start + self.chunk_tokens)
-            args = (predicting[rows], targets[rows], temperature, with_entropy)
+            args = (predicting[rows], targets[rows], temperature, with_entropy, self_certainty_vocab)
             if torch.is_grad_enabled():
-                lp, ent = checkpoint(self._head, *args, use_reentrant=False)
+                lp, ent, certainty = checkpoint(self._head, *args, use_reentrant=False)
             else:
-                lp, ent = self._head(*args)
+                lp, ent, certainty = self._head(*args)
             logprob_chunks.append(lp)
             if ent is not None:
                 entropy_chunks.append(ent)
+            if certainty is not None:
+                certainty_chunks.append(certainty)
         logprobs = torch.zeros(response_mask.shape, dtype=torch.float32, device=sequences.device)
         if logprob_chunks:
             logprobs = logprobs.masked_scatter(response_mask, torch.cat(logprob_chunks))
@@ -76,12 +86,21 @@ class ResponseScorer(torch.nn.Module):
             entropy = torch.zeros(response_mask.shape, dtype=torch.float32, device=sequences.device)
             if entropy_chunks:
                 entropy = entropy.masked_scatter(response_mask, torch.cat(entropy_chunks))
-        return logprobs, entropy
+        if self_certainty_vocab is None:
+            return logprobs, entropy
+        certainty = torch.zeros(response_mask.shape, dtype=torch.float32, device=sequences.device)
+        if certainty_chunks:
+            certainty = certainty.masked_scatter(response_mask, torch.cat(certainty_chunks))
+        return logprobs, entropy, certainty
 
     def _head(
-        self, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(n,) log-probs and entropies of n tokens from their (n, H) hidden states."""
+        self, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool,
+        self_certainty_vocab: Optional[int] = None,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(n,) log-probs, entropies and self-certainties of n tokens from their (n, H) hidden states."""
         logits = self.lm.get_output_embeddings()(hidden)
         lp, ent = logprobs_and_entropy(logits.unsqueeze(0), targets.unsqueeze(0), temperature, with_entropy=with_entropy)
-        return lp.squeeze(0), None if ent is None else ent.squeeze(0)
+        certainty = None
+        if self_certainty_vocab is not None:
+            certainty = token_self_certainty(logits, temperature, self_certainty_vocab, chunk_rows=logits.shape[0] or 1)
+        return lp.squeeze(0), None if ent is None else ent.squeeze(0), certainty

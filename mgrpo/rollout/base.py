@@ -62,6 +62,10 @@ class Rollouts:
     """(B, R) float32 entropy of each step's full next-token distribution at the sampling
     temperature, when the engine computes it (the HF engine does; vLLM does not); 0 past the
     response."""
+    sampler_self_certainty: Optional[torch.Tensor] = None
+    """(B, R) float32 KL(U || p) of each step's next-token distribution at the sampling
+    temperature, U uniform over the tokenizer's vocabulary (`mgrpo.algos.self_certainty`), when
+    the engine computes it (the HF engine does; vLLM does not); 0 past the response."""
 
     @property
     def prompt_length(self) -> int:
@@ -82,6 +86,7 @@ class Rollouts:
         return Rollouts(
             self.sequences[rows], self.attention_mask[rows], self.response_mask[rows], self.group_ids[rows],
             [self.texts[i] for i in rows.tolist()], pick(self.sampler_logprobs), pick(self.sampler_entropy),
+            pick(self.sampler_self_certainty),
         )
 
 
@@ -164,6 +169,7 @@ def assemble_rollouts(
     tokenizer,
     sampler_logprobs: Optional[list[list[float]]] = None,
     sampler_entropy: Optional[list[list[float]]] = None,
+    sampler_self_certainty: Optional[list[list[float]]] = None,
 ) -> Rollouts:
     """A `Rollouts` from each sample's response token ids (row i * n + j is sample j of prompt i),
     cut after the first EOS. Every engine ends here, so all lay their batches out alike."""
@@ -193,4 +199,5 @@ def assemble_rollouts(
         texts=texts,
         sampler_logprobs=per_token(sampler_logprobs),
         sampler_entropy=per_token(sampler_entropy),
+        sampler_self_certainty=per_token(sampler_self_certainty),
     )

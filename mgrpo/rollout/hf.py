@@ -6,8 +6,9 @@ step, every sample adds Gumbel noise from its *own* generator to log softmax(log
 the argmax, which draws exactly from softmax(logits / T). Sample j of prompt i owns a generator
 seeded from (seeds[i], j), so what it draws depends on nothing else in the batch: not on the
 other prompts, the batch size, or which rank runs it. The same step records the log-prob of the
-drawn token and the full-distribution entropy at T (`Rollouts.sampler_logprobs`,
-`Rollouts.sampler_entropy`).
+drawn token, the full-distribution entropy at T and the self-certainty KL(U || p) at T, U uniform
+over the tokenizer's vocabulary (`Rollouts.sampler_logprobs`, `Rollouts.sampler_entropy`,
+`Rollouts.sampler_self_certainty`): two reductions over a log-softmax the sampler computes anyway.
 
 The engine either shares the trainer's model (one rank: `shares_weights`, no hand-off) or owns a
 copy (several ranks, where the trainer's model is sharded) that `load_weights` refreshes.
@@ -21,6 +22,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from mgrpo.algos.self_certainty import self_certainty_from_log_probs
 from mgrpo.rollout.base import Rollouts, assemble_rollouts, left_pad, sample_seed_of
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -34,14 +36,17 @@ def sample_generators(seeds: Sequence[int], n: int, device: torch.device) -> lis
 class GumbelMaxSampler(LogitsProcessor):
     """Turns greedy decoding into per-row seeded sampling at `temperature` (see the module
     docstring) and records each drawn token's log-prob, and the entropy of the distribution it was
-    drawn from, at that temperature: the quantities the trainer would otherwise need a forward
-    pass for (the IQR filter's trajectory entropy, the drift guard's log-probs)."""
+    drawn from, and its self-certainty over the first `vocab_size` ids, at that temperature: the
+    quantities the trainer would otherwise need a forward pass for (the IQR filter's trajectory
+    entropy, the drift guard's log-probs, Intuitor's reward)."""
 
-    def __init__(self, generators: list[torch.Generator], temperature: float) -> None:
+    def __init__(self, generators: list[torch.Generator], temperature: float, vocab_size: Optional[int] = None) -> None:
         self.generators = generators
         self.temperature = temperature
+        self.vocab_size = vocab_size
         self.logprobs: list[torch.Tensor] = []
         self.entropies: list[torch.Tensor] = []
+        self.self_certainties: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         log_p = torch.log_softmax(scores.float() / self.temperature, dim=-1)
@@ -53,6 +58,8 @@ class GumbelMaxSampler(LogitsProcessor):
         self.logprobs.append(log_p.gather(-1, choice).squeeze(-1).cpu())
         # A token with probability 0 (a -inf logit) contributes 0, not NaN.
         self.entropies.append(-torch.where(log_p > -torch.inf, log_p.exp() * log_p, 0.0).sum(-1).cpu())
+        vocab = vocab if self.vocab_size is None else min(self.vocab_size, vocab)
+        self.self_certainties.append(self_certainty_from_log_probs(log_p, vocab).cpu())
         return perturbed
 
 
@@ -79,6 +86,8 @@ class HFRolloutEngine:
         self.batch_size = batch_size
         self.shares_weights = shares_weights
         self.compute_context = compute_context or nullcontext
+        # The real vocabulary: the LM head may be padded past it (see mgrpo.algos.self_certainty).
+        self.vocab_size = len(tokenizer)
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -111,13 +120,14 @@ class HFRolloutEngine:
         responses: list[list[int]] = []
         logprobs: Optional[list[list[float]]] = [] if generators is not None else None
         entropies: Optional[list[list[float]]] = [] if generators is not None else None
+        self_certainties: Optional[list[list[float]]] = [] if generators is not None else None
         with self.compute_context():
             for start in range(0, prompt_ids.shape[0], self.batch_size):
                 rows = slice(start, start + self.batch_size)
                 processors = LogitsProcessorList()
                 sampler = None
                 if generators is not None:
-                    sampler = GumbelMaxSampler(generators[rows], temperature)
+                    sampler = GumbelMaxSampler(generators[rows], temperature, self.vocab_size)
                     processors.append(sampler)
                 out = self.model.generate(
                     input_ids=prompt_ids[rows],
@@ -129,5 +139,6 @@ class HFRolloutEngine:
                 if sampler is not None:
                     logprobs += torch.stack(sampler.logprobs, dim=1).tolist()
                     entropies += torch.stack(sampler.entropies, dim=1).tolist()
+                    self_certainties += torch.stack(sampler.self_certainties, dim=1).tolist()
         self.model.train(was_training)
-        return assemble_rollouts(prompts, n, responses, self.tokenizer, logprobs, entropies)
+        return assemble_rollouts(prompts, n, responses, self.tokenizer, logprobs, entropies, self_certainties)
