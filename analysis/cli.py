@@ -106,7 +106,7 @@ def _print_table(title: str, df: pd.DataFrame) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
-    from . import label_free, links, report, tables  # after argument parsing, so --help stays fast
+    from . import label_free_eval, links, report, tables  # after argument parsing, so --help stays fast
 
     try:
         thresholds, lf_thresholds = _thresholds(args.threshold)
@@ -134,10 +134,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _print_table("Best vs final", tables.best_vs_final_table(analysis.best_vs_final))
     if not analysis.label_free.empty:
         _print_table(f"Label-free detectors vs the labelled verdict (rule: {', '.join(lf_thresholds.rule_names)})",
-                     label_free.detector_table_display(analysis.label_free_detectors))
+                     label_free_eval.detector_table_display(analysis.label_free_detectors))
         _print_table("How far each label-free signal moved (noise units; AUC collapsed vs other)",
-                     label_free.signal_shifts_display(analysis.signal_shifts))
-        _print_table("Checkpoint choice without labels", label_free.choice_summary(analysis.label_free, res))
+                     label_free_eval.signal_shifts_display(analysis.signal_shifts))
+        _print_table("Checkpoint choice without labels", label_free_eval.choice_summary(analysis.label_free, res))
     path = report.write(analysis, out)
     print(f"\nreport: {path}")
     if res.empty:

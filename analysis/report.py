@@ -15,7 +15,7 @@ from typing import Optional
 
 import pandas as pd
 
-from . import label_free, plots, tables
+from . import label_free, label_free_eval, plots, tables
 from .detectors import ACCURACY, Thresholds, detect_runs, thresholds_table
 from .store import REPORT_TAG, RunSet, Selection, Store
 
@@ -43,22 +43,22 @@ class Analysis:
     label_free_thresholds: label_free.LabelFreeThresholds = field(default_factory=label_free.LabelFreeThresholds)
     label_free: pd.DataFrame = field(default_factory=pd.DataFrame)
     """One row per run: the label-free detectors' alarms and checkpoint choice beside the
-    labelled truth (see `label_free.evaluate_runs`); empty when not computed."""
+    labelled truth (see `label_free_eval.evaluate_runs`); empty when not computed."""
 
     @property
     def label_free_detectors(self) -> pd.DataFrame:
-        """Each label-free detector against the labelled verdict (see `label_free.detector_table`)."""
+        """Each label-free detector against the labelled verdict (see `label_free_eval.detector_table`)."""
         if self.label_free.empty:
             return pd.DataFrame()
-        return label_free.detector_table(self.label_free, self.label_free_thresholds.rule_names)
+        return label_free_eval.detector_table(self.label_free, self.label_free_thresholds.rule_names)
 
     @property
     def signal_shifts(self) -> pd.DataFrame:
-        """How far each label-free signal moved, collapsed vs other runs (`label_free.signal_shifts`)."""
+        """How far each label-free signal moved, collapsed vs other runs (`label_free_eval.signal_shifts`)."""
         if self.label_free.empty:
             return pd.DataFrame()
         verdicts = self.results[["run_id", "collapsed"]]
-        return label_free.signal_shifts(self.runs, self.curves, verdicts, self.label_free_thresholds)
+        return label_free_eval.signal_shifts(self.runs, self.curves, verdicts, self.label_free_thresholds)
 
     @property
     def best_vs_final(self) -> pd.DataFrame:
@@ -96,7 +96,7 @@ def build(selection: Selection, uri: str, runset: RunSet, curves: pd.DataFrame,
     for row in res[res["notes"].fillna("") != ""].itertuples():
         messages.append(f"run {row.run_name} ({row.run_id[:8]}): {row.notes}")
     lf = label_free_thresholds or label_free.LabelFreeThresholds()
-    lf_runs = label_free.evaluate_runs(runs, curves, verdicts, lf, thresholds, metric) if not runs.empty else pd.DataFrame()
+    lf_runs = label_free_eval.evaluate_runs(runs, curves, verdicts, lf, thresholds, metric) if not runs.empty else pd.DataFrame()
     return Analysis(selection, uri, metric, thresholds, runs, curves, res, swept,
                     dict(runset.experiment_ids), messages, lf, lf_runs)
 
@@ -168,22 +168,22 @@ def render(analysis: Analysis, figures: dict[str, Path]) -> str:
             "the step the labelled monitor itself would have fired. A run counts for a detector "
             "only when it logged the detector's inputs. The rule (`monitor.mode=label_free`) is "
             f"any of: {', '.join(lf.rule_names)}.\n\n"
-            + tables.markdown(label_free.detector_table_display(a.label_free_detectors)),
+            + tables.markdown(label_free_eval.detector_table_display(a.label_free_detectors)),
         ))
         lines.append(_section(
             "How far each label-free signal moved",
             "Smoothed last value minus the baseline (first 25 points), in noise units (the detectors "
             "fire beyond 3 and beyond an absolute floor); mean over the collapsed and the other runs, "
             "and the AUC of that shift for telling the collapsed runs apart (0.5: not at all).\n\n"
-            + tables.markdown(label_free.signal_shifts_display(a.signal_shifts)),
+            + tables.markdown(label_free_eval.signal_shifts_display(a.signal_shifts)),
         ))
         lines.append(_section(
             "Checkpoint choice without labels",
             "The label-free choice is the last evaluated step at or before the rule's onset at its "
             "first alarm, or the final step when it never fired; the held-out accuracy is read "
             "only to score the choice. *Lost vs best* = labelled best - label-free choice.\n\n"
-            + tables.markdown(label_free.choice_summary(a.label_free, res)) + "\n\n"
-            + tables.markdown(label_free.checkpoint_table(a.label_free, res)),
+            + tables.markdown(label_free_eval.choice_summary(a.label_free, res)) + "\n\n"
+            + tables.markdown(label_free_eval.checkpoint_table(a.label_free, res)),
         ))
     if figures:
         captions = {
@@ -196,7 +196,7 @@ def render(analysis: Analysis, figures: dict[str, Path]) -> str:
         lines.append(_section(
             "Label-free thresholds",
             "See `mgrpo_analysis.label_free.LabelFreeThresholds`; override with `--threshold NAME=VALUE`.\n\n"
-            + tables.markdown(label_free.thresholds_frame(a.label_free_thresholds)),
+            + tables.markdown(label_free_eval.thresholds_frame(a.label_free_thresholds)),
         ))
     lines.append(_section(
         "Detector thresholds",

@@ -41,7 +41,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from mgrpo.algos.answers import AnswerEquivalence, normalize_answer
+from mgrpo.algos.answers import normalize_answer
+from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.voting import GroupVote, VoteResult, majority_vote
 
 PROMPTS, SAMPLES = 8, 32
@@ -156,7 +157,7 @@ def make_step(rng: random.Random, golds: Sequence[str], distinct: int, junk: flo
 
 
 # ---------------------------------------------------------------- BASELINE: the old implementation
-# A copy of mgrpo.algos.answers.AnswerEquivalence and mgrpo.algos.voting.majority_vote as they
+# A copy of mgrpo.algos.grader.AnswerEquivalence and mgrpo.algos.voting.majority_vote as they
 # were before the batched grader (git aa61b8d), kept here only as the comparison baseline:
 # one math-verify round trip per pair in a killable worker, integer and identical-string fast
 # paths, serial O(distinct^2) clustering.

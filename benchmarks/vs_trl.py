@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from mgrpo.algos.answers import AnswerEquivalence, extract_answer
+from mgrpo.algos.answers import extract_answer
+from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.voting import majority_vote
 from mgrpo.tracking import Tracker
 from mgrpo.train import compose_config

@@ -17,9 +17,10 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from mgrpo.algos.answers import AnswerEquivalence, extract_answer
+from mgrpo.algos.answers import extract_answer
 from mgrpo.algos.entropy import sampled_entropy_estimate, trajectory_entropy
 from mgrpo.algos.filtering import iqr_keep_mask
+from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.losses import policy_loss
 from mgrpo.algos.self_certainty import trajectory_self_certainty
 from mgrpo.algos.voting import VoteResult, majority_vote

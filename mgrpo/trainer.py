@@ -32,8 +32,9 @@ import torch
 import transformers
 
 from mgrpo import checkpoint as ckpt
-from mgrpo.algos.answers import AnswerEquivalence, extract_answer
+from mgrpo.algos.answers import extract_answer
 from mgrpo.algos.ema import ema_update_
+from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.registry import NEEDS_SELF_CERTAINTY, REWARD_SOURCES
 from mgrpo.algos.rewards import first_per_group, grpo_advantages
 from mgrpo.config import Config

@@ -19,7 +19,8 @@ from typing import Optional
 
 import pytest
 
-from mgrpo.algos.answers import AnswerEquivalence, answers_equivalent, extract_answer, normalize_answer
+from mgrpo.algos.answers import extract_answer, normalize_answer
+from mgrpo.algos.grader import AnswerEquivalence, answers_equivalent
 
 MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl"
 

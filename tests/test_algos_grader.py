@@ -1,5 +1,6 @@
-"""The grader behind `AnswerEquivalence` (mgrpo.algos.answers): fast paths, junk guard,
-Hendrycks-style fallback, batches, time limits, and agreement with plain math-verify.
+"""The grader behind `AnswerEquivalence` (mgrpo.algos.grader, with the rules of mgrpo.algos.answers
+and mgrpo.algos.verify_rules): fast paths, junk guard, Hendrycks-style fallback, batches, time
+limits, and agreement with plain math-verify.
 
 Hand-computed cases first; then the real-data checks: the fast paths and the worker's
 "surely not equivalent" shortcut must reproduce math-verify's verdict on every pair they settle
@@ -20,7 +21,6 @@ import pytest
 
 from mgrpo.algos.answers import (
     MAX_ANSWER_CHARS,
-    AnswerEquivalence,
     cheap_verdict,
     hendrycks_equivalent,
     hendrycks_normalize,
@@ -28,6 +28,7 @@ from mgrpo.algos.answers import (
     literal_verdict,
     normalize_answer,
 )
+from mgrpo.algos.grader import AnswerEquivalence
 
 MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl"
 PATHOLOGICAL = ("9^{9^{9^{9}}}", "5")  # math-verify runs > 20 s on it (see test_algos_answers)
@@ -169,15 +170,15 @@ def test_near_misses_reach_math_verify(equiv: AnswerEquivalence) -> None:
     ],
 )
 def test_worker_shortcut_by_hand(a: str, b: str, settled: bool) -> None:
-    """`_surely_not_equivalent` on math-verify's parses: True only where math-verify says False."""
+    """`surely_not_equivalent` on math-verify's parses: True only where math-verify says False."""
     from math_verify import parse, verify
 
-    from mgrpo.algos.answers import _surely_not_equivalent
+    from mgrpo.algos.verify_rules import surely_not_equivalent
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     gold = parse(f"${normalize_answer(a)}$", parsing_timeout=None)
     pred = parse(f"${normalize_answer(b)}$", parsing_timeout=None)
-    assert _surely_not_equivalent(gold, pred) is settled
+    assert surely_not_equivalent(gold, pred) is settled
     if settled:
         assert not verify(gold, pred, timeout_seconds=5)
 

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgrpo.algos.answers import AnswerEquivalence, is_junk_answer, normalize_answer
+from mgrpo.algos.answers import is_junk_answer, normalize_answer
+from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.voting import GroupVote, VoteResult, cluster_answers, majority_vote
 
 _FRAC = re.compile(r"\\frac\{(-?\d+)\}\{(\d+)\}")

@@ -167,6 +167,7 @@ def test_answer_log_magnitude_hand_computed():
 import numpy as np  # noqa: E402
 
 from mgrpo_analysis import label_free as lf  # noqa: E402
+from mgrpo_analysis import label_free_eval as lfe  # noqa: E402
 from mgrpo_analysis.detectors import DETECTOR_INFO  # noqa: E402
 
 
@@ -433,7 +434,7 @@ def test_evaluate_runs_scores_alarms_leads_and_checkpoints_against_the_truth():
     runs = pd.DataFrame({"run_id": ["c", "s", "f", "x"], "params.monitor.every": ["25"] * 4})
     verdicts = detect_runs(runs, curves)
     assert list(verdicts["collapsed"]) == [True, False, False, True]
-    per = lf.evaluate_runs(runs, curves, verdicts).set_index("run_id")
+    per = lfe.evaluate_runs(runs, curves, verdicts).set_index("run_id")
 
     truth = int(per.loc["c", "truth_step"])
     assert 160 <= truth <= 240 and per.loc["c", "labelled_alarm"] >= truth
@@ -445,7 +446,7 @@ def test_evaluate_runs_scores_alarms_leads_and_checkpoints_against_the_truth():
     assert pd.isna(per.loc["s", "rule_alarm"]) and per.loc["s", "lf_step"] == 400
     assert not pd.isna(per.loc["f", "alarm_no_answer_rise"])
 
-    table = lf.detector_table(per.reset_index(), lf.LabelFreeThresholds().rule_names).set_index("detector")
+    table = lfe.detector_table(per.reset_index(), lf.LabelFreeThresholds().rule_names).set_index("detector")
     row = table.loc["constant_answer"]
     assert (row.detected, row.collapsed_runs, row.false_alarms, row.healthy_runs) == (1, 2, 0, 2)
     assert row.lead_median == alarm - truth < 0
@@ -455,7 +456,7 @@ def test_evaluate_runs_scores_alarms_leads_and_checkpoints_against_the_truth():
     assert (rule.detected, rule.false_alarms) == (1, 1)
     assert table.loc["kl_acceleration", "not_judged"] == 0  # every run logged train/kl
 
-    shifts = lf.signal_shifts(runs, curves, verdicts).set_index("signal")
+    shifts = lfe.signal_shifts(runs, curves, verdicts).set_index("signal")
     assert shifts.loc["train/label_mode_frac", "auc"] >= 0.5  # c moved more than either other run; x did not move
     assert shifts.loc["train/label_mode_frac", "shift_collapsed"] > 3
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mgrpo.algos.answers import AnswerEquivalence
+from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.config import TinyModelConfig
 from mgrpo.models.scorer import ResponseScorer
 from mgrpo.models.tiny import build_tiny_model, build_tiny_tokenizer

@@ -25,7 +25,7 @@ most the pairs after a candidate's first match within one wave: the classes are 
 
 Time: `time_budget` (seconds, default `DEFAULT_TIME_BUDGET`) bounds the math-verify work of one
 call: pairs still undecided when it runs out take the Hendrycks-style fallback verdict (see
-`mgrpo.algos.answers`). Only equivalences with a `many(pairs, deadline)` method are bounded.
+`mgrpo.algos.grader`). Only equivalences with a `many(pairs, deadline)` method are bounded.
 
 Departure from the authors' code and SRT's reference: they count raw strings, splitting
 ``\\frac{1}{2}``, ``1/2`` and ``0.5`` into three candidates. Here they are one.
