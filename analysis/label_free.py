@@ -143,15 +143,18 @@ class LabelFreeThresholds:
     steady one or settling. A linear KL gives a ratio of 1, KL ~ t^2 gives 2 only in the limit,
     KL ~ t^3 gives 3, and a knee (steady, then steep) gives much more."""
     rule: str = ("unanimous_consensus,entropy_collapse,constant_answer,no_answer_rise,label_flip_rise,"
-                 "momentum_disagreement_rise,momentum_agreement_fall")
+                 "momentum_disagreement_rise,momentum_agreement_fall,self_certainty_rise")
     """The label-free stopping rule: the detectors (comma-separated) whose alarm makes the run
-    collapsed without labels. Two kinds: patterns that are a collapse by definition (unanimity
+    collapsed without labels. Three kinds: patterns that are a collapse by definition (unanimity
     with no reward signal left, entropy gone, one answer for everything, no answers, labels
-    flipping), and M-GRPO's policy leaving its momentum anchor, which on the development runs
+    flipping); M-GRPO's policy leaving its momentum anchor, which on the development runs
     (experiments/label_free/README.md) fired on the one M-GRPO run that decayed and on none of
-    the three that held. The trend detectors (vote share, pseudo-reward, self-certainty, answer
-    classes, answer size, length, KL) are reported but left out: on those runs they were silent
-    on SRT's collapse or fired on healthy runs."""
+    the three that held; and self-certainty rising, which on the lab's 27 runs fired on the three
+    Intuitor collapses (50 steps before the labelled monitor) and on none of the 18 healthy or
+    slowly decaying runs, nor on the 12 development runs (chosen on the lab's runs, so that is
+    in-sample). The other trend detectors (vote share, pseudo-reward, answer classes, answer
+    size, length, KL) are reported but left out: on those runs they were silent on SRT's
+    collapse or fired on healthy runs."""
     checkpoint_margin: int = 0
     """The label-free checkpoint is the last candidate at or before the rule's onset step minus
     this many steps (the onset is already the start of the sustained stretch)."""
