@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mgrpo.config import TinyModelConfig
 from mgrpo.models.scorer import ResponseScorer
-from mgrpo.models.tiny import build_tiny_model, build_tiny_tokenizer
 from mgrpo.phases import sampler_self_certainty, score_phase
 from mgrpo.rollout.base import encode_prompts
 from mgrpo.rollout.hf import HFRolloutEngine
@@ -39,14 +37,6 @@ def fast_overrides(tiny_cache: Path, uri: str, experiment: str, *extra: str) -> 
 
 
 # ---- self-certainty: the sampler's record, the scoring pass and a direct forward agree -----------
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(TinyModelConfig(), tokenizer)
-    return model, tokenizer
-
-
 def test_sampler_self_certainty_equals_the_scoring_pass_and_a_direct_forward(tiny):
     model, tokenizer = tiny
     vocab = len(tokenizer)

@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from mgrpo.algos.grader import AnswerEquivalence
-from mgrpo.config import TinyModelConfig
 from mgrpo.models.scorer import ResponseScorer
-from mgrpo.models.tiny import build_tiny_model, build_tiny_tokenizer
 from mgrpo.phases import (
     LossSettings,
     UpdatePlan,
@@ -31,14 +29,6 @@ SETTINGS = LossSettings(
     temperature=1.0, clip_ratio=0.2, clip_ratio_dual=None, kl_coef=0.0, kl_estimator="low_var_kl",
     agg_mode="token-mean", norm_length=10.0, grad_clip=0.0,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(TinyModelConfig(), tokenizer)
-    return model, tokenizer
 
 
 def ids(tokenizer, prompts=PROMPTS):

@@ -13,7 +13,7 @@ import torch
 
 from mgrpo import checkpoint as ckpt
 from mgrpo.tasks import TaskData
-from tests.trainer_helpers import REPO, cli, compose_config, metric_series, train
+from tests.trainer_helpers import cli, compose_config, metric_series, train
 
 REQUIRED_METRICS = {
     "val/accuracy",
