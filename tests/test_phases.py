@@ -22,6 +22,7 @@ from mgrpo.phases import (
     vote_phase,
 )
 from mgrpo.rollout.base import encode_prompts, pad_responses, response_mask_from_tokens, sample_seed
+from mgrpo.rollout import hf as hf_engine
 from mgrpo.rollout.hf import HFRolloutEngine
 
 PROMPTS = ["12+34+56=", "7+8=", "123+456+789+10="]
@@ -68,6 +69,18 @@ def test_engine_layout_and_per_prompt_seeds(tiny):
     assert alone.texts == a.texts[4:8]
     small_batches = HFRolloutEngine(model, tokenizer, batch_size=3).generate(ids(tokenizer), 4, 1.0, 12, seeds)
     assert small_batches.texts == a.texts
+
+
+def test_sampler_draws_blocks_of_steps_that_equal_per_step_draws(tiny, monkeypatch):
+    """Rows pre-draw their uniforms for several steps at once; the samples are those of one draw
+    per row per step (a block of 1 step), and so do not depend on the memory bound."""
+    model, tokenizer = tiny
+    seeds = [sample_seed(0, 3, "policy", i) for i in range(3)]
+    blocks = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer), 4, 0.9, 14, seeds)
+    monkeypatch.setattr(hf_engine, "NOISE_BLOCK_BYTES", 1)
+    per_step = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer), 4, 0.9, 14, seeds)
+    assert torch.equal(blocks.sequences, per_step.sequences)
+    assert torch.equal(blocks.sampler_logprobs, per_step.sampler_logprobs)
 
 
 def test_sampler_logprobs_are_the_trainers_at_the_sampling_temperature(tiny):

@@ -26,6 +26,8 @@ from mgrpo.algos.self_certainty import self_certainty_from_log_probs
 from mgrpo.rollout.base import Rollouts, assemble_rollouts, left_pad, sample_seed_of
 
 _TINY = torch.finfo(torch.float32).tiny
+NOISE_BLOCK_BYTES = 64 * 2**20
+"""Memory for the sampler's pre-drawn uniforms (rows x steps x vocabulary float32)."""
 
 
 def sample_generators(seeds: Sequence[int], n: int, device: torch.device) -> list[torch.Generator]:
@@ -47,12 +49,24 @@ class GumbelMaxSampler(LogitsProcessor):
         self.logprobs: list[torch.Tensor] = []
         self.entropies: list[torch.Tensor] = []
         self.self_certainties: list[torch.Tensor] = []
+        self._uniform: Optional[torch.Tensor] = None  # (rows, steps, V): the next steps' draws
+        self._next = 0
+
+    def _draws(self, vocab: int) -> torch.Tensor:
+        """(rows, V) uniform draws for this step. A generator's draws for k steps at once are the
+        same numbers as k successive per-step draws, so rows draw blocks of steps (bounded by
+        NOISE_BLOCK_BYTES), one call per row per block instead of one per row per step."""
+        if self._uniform is None or self._next == self._uniform.shape[1]:
+            steps = max(1, min(32, NOISE_BLOCK_BYTES // (4 * vocab * len(self.generators))))
+            self._uniform = torch.stack([torch.rand(steps, vocab, generator=g, device=g.device) for g in self.generators])
+            self._next = 0
+        self._next += 1
+        return self._uniform[:, self._next - 1]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         log_p = torch.log_softmax(scores.float() / self.temperature, dim=-1)
         vocab = log_p.shape[-1]
-        uniform = torch.stack([torch.rand(vocab, generator=g, device=g.device) for g in self.generators])
-        gumbel = -torch.log(-torch.log(uniform.clamp(min=_TINY, max=1.0 - 1e-7)))
+        gumbel = -torch.log(-torch.log(self._draws(vocab).clamp(min=_TINY, max=1.0 - 1e-7)))
         perturbed = log_p + gumbel
         choice = perturbed.argmax(-1, keepdim=True)
         self.logprobs.append(log_p.gather(-1, choice).squeeze(-1).cpu())
