@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mgrpo import checkpoint as ckpt
-from mgrpo.config import Config, ConfigError, validate_benchmarks
+from mgrpo.config import Config, ConfigError
+from mgrpo.config_checks import validate_benchmarks
 
 
 class EvalError(RuntimeError):

@@ -29,7 +29,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mgrpo.checkpoint import CheckpointError
-from mgrpo.config import Config, ConfigError, register_configs, validate
+from mgrpo.config import Config, ConfigError, register_configs
+from mgrpo.config_checks import validate
 from mgrpo.parallel import RankFailure, Ranks, init_ranks
 from mgrpo.models.loading import ModelLoadError
 from mgrpo.tasks.base import DataError

@@ -1,4 +1,4 @@
-"""Algorithm presets (mgrpo.algos.registry) and the invariants `mgrpo.config.validate` enforces."""
+"""Algorithm presets (mgrpo.algos.registry) and the invariants `mgrpo.config_checks.validate` enforces."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from mgrpo.algos.registry import ALGORITHM_PRESETS, REWARD_SOURCES
 from mgrpo.algos.rewards import ground_truth_rewards, pseudo_label_rewards, self_certainty_rewards
-from mgrpo.config import AlgoConfig, Config, ConfigError, validate
+from mgrpo.config import AlgoConfig, Config, ConfigError
+from mgrpo.config_checks import validate
 
 
 def _config(**algo: object) -> Config:

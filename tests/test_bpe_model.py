@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mgrpo.config import ConfigError, DataConfig, TinyBPEModelConfig, validate
+from mgrpo.config import ConfigError, DataConfig, TinyBPEModelConfig
+from mgrpo.config_checks import validate
 from mgrpo.models import bpe
 from mgrpo.models.bpe import MARKER, ensure_tiny_bpe_model
 from mgrpo.models.cache import is_complete

@@ -15,7 +15,8 @@ import torch
 
 from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.metrics import benchmark_metrics, mean_and_standard_error, pass_at_k, pass_ks
-from mgrpo.config import ConfigError, DataConfig, validate_benchmarks
+from mgrpo.config import ConfigError, DataConfig
+from mgrpo.config_checks import validate_benchmarks
 from mgrpo.eval_cli import main
 from mgrpo.eval_inputs import EvalError, locate_checkpoint
 from mgrpo.evaluation import EvalSamples, eval_seeds, metric_name, score_benchmark

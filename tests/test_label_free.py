@@ -393,7 +393,8 @@ def test_labeled_mode_is_unchanged_and_bad_modes_are_refused():
     assert mon.check(tracker) is False and tracker.tags["mgrpo.collapsed"] == "false"
     assert "mgrpo.label_free_alarm" not in tracker.tags
 
-    from mgrpo.config import ConfigError, validate
+    from mgrpo.config import ConfigError
+    from mgrpo.config_checks import validate
     from tests.trainer_helpers import compose_config
 
     for override, key in (("monitor.mode=oracle", "monitor.mode"), ("monitor.label_free_rule=[bogus]", "monitor.label_free_rule")):

@@ -46,7 +46,7 @@ def compose_root(overrides: list[str], with_hydra: bool = True):
 
 def validated(overrides: list[str]) -> None:
     """Compose without Hydra's own node and run the schema's checks, as mgrpo-train does."""
-    from mgrpo.config import validate
+    from mgrpo.config_checks import validate
 
     validate(OmegaConf.to_object(compose_root(overrides, with_hydra=False)))
 
@@ -130,8 +130,8 @@ def test_slurm_launcher_takes_its_size_from_resources_and_its_site_from_slurm() 
     cfg = compose_root(["cluster=slurm", "resources=h200x8", "slurm.partition=gpu", "slurm.account=lab"])
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.mgrpo_submitit_launcher.launcher.MgrpoSlurmLauncher"
-    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (1, 8, 1)
-    assert (launcher.cpus_per_task, launcher.mem_gb, launcher.timeout_min) == (64, 960, 1440)
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (1, 8, 8)  # a rank per GPU
+    assert (launcher.cpus_per_task, launcher.mem_gb, launcher.timeout_min) == (8, 960, 1440)
     assert (launcher.partition, launcher.account, launcher.qos) == ("gpu", "lab", None)
     small = compose_root(["cluster=slurm"]).hydra.launcher
     assert (small.gpus_per_node, small.cpus_per_task, small.tasks_per_node) == (0, 1, 1)

@@ -169,7 +169,8 @@ def test_kill_and_resume_continues_the_same_run(tiny_cache, tmp_path):
 
 
 def test_bad_config_fails_before_work_with_the_key_named(tmp_path):
-    from mgrpo.config import ConfigError, validate
+    from mgrpo.config import ConfigError
+    from mgrpo.config_checks import validate
 
     cases = {
         "algo.momentum=1.0": "algo.momentum",
@@ -244,7 +245,7 @@ def test_math500_prompts_of_varying_length(tiny_cache, tmp_path, shared_data_dir
 
 
 def test_default_config_composes_and_validates():
-    from mgrpo.config import validate
+    from mgrpo.config_checks import validate
 
     cfg = compose_config([])
     validate(cfg)
