@@ -71,7 +71,7 @@ def ours(algo: str, kl: float, steps: int, workdir: Path) -> tuple[list[float], 
 def trl(model_dir: str, prompts: list[str], kl: float, steps: int, workdir: Path) -> tuple[list[float], dict[str, float], float]:
     """The same for TRL's GRPOTrainer with the SRT reward."""
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     equivalent = AnswerEquivalence()
@@ -106,6 +106,7 @@ def trl(model_dir: str, prompts: list[str], kl: float, steps: int, workdir: Path
         model=model_dir, reward_funcs=srt_reward, args=config, processing_class=tokenizer,
         train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[callback],
     )
+    trainer.remove_callback(PrinterCallback)  # its per-step log lines would bury the results; log_history keeps them
     generation = []
     original = trainer._generate_and_score_completions
 
