@@ -25,6 +25,8 @@ from .label_free import (
     detect_label_free,
     label_free_view,
 )
+from .tables import method_label, method_order
+
 
 # ---- replaying a run as its monitor saw it --------------------------------------------------------
 
@@ -225,7 +227,7 @@ def checkpoint_table(per_run: pd.DataFrame, results: pd.DataFrame) -> pd.DataFra
         m = meta.loc[r.run_id] if r.run_id in meta.index else None
         rows.append({
             "run": m["run_name"] if m is not None else r.run_id[:8],
-            "method": m["method"] if m is not None else "",
+            "method": method_label(m["method"]) if m is not None else "",
             "seed": "" if m is None or pd.isna(m["seed"]) else str(int(m["seed"])),
             "labelled collapse": f"step {_step(r.truth_step)}" if r.truth_collapsed else "no",
             "label-free alarm (onset)": f"{_step(r.rule_alarm)} ({_step(r.rule_onset)})" if not pd.isna(r.rule_alarm) else "no",
@@ -244,11 +246,12 @@ def choice_summary(per_run: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame
     have = per_run.merge(results[["run_id", "method"]], on="run_id", how="left")
     have = have[have["lf_accuracy"].notna()]
     rows = []
-    for method, g in have.groupby("method", sort=True):
+    for method in method_order(have["method"].dropna().unique()):
+        g = have[have["method"] == method]
         def pm(col: str) -> str:
             v = g[col].astype("float64")
             return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v.mean():.3f}"
-        rows.append({"method": method, "runs": len(g), "labelled best": pm("best"), "final": pm("final"),
+        rows.append({"method": method_label(method), "runs": len(g), "labelled best": pm("best"), "final": pm("final"),
                      "label-free choice": pm("lf_accuracy"), "lost vs best": pm("lf_lost"),
                      "label-free alarms": int(g["rule_alarm"].notna().sum())})
     return pd.DataFrame(rows)
