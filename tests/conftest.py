@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,23 @@ def tiny():
     torch.manual_seed(0)
     tokenizer = build_tiny_tokenizer()
     return build_tiny_model(TinyModelConfig(), tokenizer), tokenizer
+
+
+@pytest.fixture(scope="module")
+def equiv():
+    """One grader per test module (its worker process starts once)."""
+    from mgrpo.algos.grader import AnswerEquivalence
+
+    eq = AnswerEquivalence(timeout=5.0)
+    yield eq
+    eq.close()
+
+
+@pytest.fixture(scope="session")
+def math500_golds() -> list[str]:
+    """The gold answers of MATH-500 (../shared/data/math500.jsonl)."""
+    path = SHARED_DATA / "math500.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} is not available")
+    with path.open() as f:
+        return [json.loads(line)["answer"] for line in f]

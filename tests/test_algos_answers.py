@@ -7,14 +7,12 @@ slow-path checks use a seeded sample of MATH-500.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
-from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -22,26 +20,10 @@ import pytest
 from mgrpo.algos.answers import extract_answer, normalize_answer
 from mgrpo.algos.grader import AnswerEquivalence, answers_equivalent
 
-MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl"
 
 # An expression whose math-verify comparison does not finish (sympy evaluates 9^(9^(9^9))):
 # checked by hand to run for more than 20 s with math-verify's own timeouts disabled.
 PATHOLOGICAL = ("9^{9^{9^{9}}}", "5")
-
-
-@pytest.fixture(scope="module")
-def equiv():
-    eq = AnswerEquivalence(timeout=5.0)
-    yield eq
-    eq.close()
-
-
-@pytest.fixture(scope="module")
-def math500_golds() -> list[str]:
-    if not MATH500.is_file():
-        pytest.skip(f"{MATH500} is not available")
-    with MATH500.open() as f:
-        return [json.loads(line)["answer"] for line in f]
 
 
 # ---------------------------------------------------------------- extraction

@@ -9,12 +9,10 @@ Hand-computed cases first; then the real-data checks: the fast paths and the wor
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from fractions import Fraction
-from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -30,7 +28,6 @@ from mgrpo.algos.answers import (
 )
 from mgrpo.algos.grader import AnswerEquivalence
 
-MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl"
 PATHOLOGICAL = ("9^{9^{9^{9}}}", "5")  # math-verify runs > 20 s on it (see test_algos_answers)
 JUNK = [
     "121E922011",
@@ -47,21 +44,6 @@ JUNK = [
 
 
 LONGEST_ALLOWED = "+".join(f"x_{{{k}}}" for k in range(60))[:MAX_ANSWER_CHARS]
-
-
-@pytest.fixture(scope="module")
-def equiv():
-    eq = AnswerEquivalence(timeout=5.0)
-    yield eq
-    eq.close()
-
-
-@pytest.fixture(scope="module")
-def math500_golds() -> list[str]:
-    if not MATH500.is_file():
-        pytest.skip(f"{MATH500} is not available")
-    with MATH500.open() as f:
-        return [json.loads(line)["answer"] for line in f]
 
 
 def math_verify_reference(gold: str, pred: str) -> bool:
