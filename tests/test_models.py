@@ -24,7 +24,8 @@ from mgrpo.models import (
     load_tokenizer,
     resolve_model_path,
 )
-from mgrpo.models.tiny import MARKER, greedy_accuracy, is_complete, make_batch, sample_diversity, tiny_cache_key
+from mgrpo.models import cache
+from mgrpo.models.tiny import MARKER, greedy_accuracy, make_batch, sample_diversity, tiny_cache_key
 from mgrpo.tasks import load_task
 
 ASCII_TEXT = st.text(alphabet=st.sampled_from([chr(c) for c in range(32, 127)] + ["\n"]), max_size=60)
@@ -155,7 +156,7 @@ def count_builds(monkeypatch):
 def test_build_writes_a_loadable_checkpoint_and_report(tmp_path, count_builds):
     tiny, data = small_settings(tmp_path)
     entry = ensure_tiny_base_model(tiny, data)
-    assert entry == tmp_path / f"tiny-{tiny_cache_key(tiny, data)}" and is_complete(entry)
+    assert entry == tmp_path / f"tiny-{tiny_cache_key(tiny, data)}" and cache.is_complete(entry, MARKER)
     report = json.loads((entry / MARKER).read_text())
     assert report["pretrain"]["steps"] == 30 and report["heldout_size"] == 16
     assert report["settings"]["num_operands"] == 3 and report["settings"]["pretrain_steps"] == 30
@@ -203,9 +204,9 @@ def test_incomplete_or_corrupt_entries_are_rebuilt(tmp_path, count_builds, damag
         weights.write_bytes(weights.read_bytes()[:100])
     else:
         (entry / "tokenizer.json").unlink()
-    assert not is_complete(entry)
+    assert not cache.is_complete(entry, MARKER)
     assert ensure_tiny_base_model(tiny, data) == entry
-    assert is_complete(entry) and count_builds == [1, 1]
+    assert cache.is_complete(entry, MARKER) and count_builds == [1, 1]
 
 
 def test_failed_build_leaves_no_entry_and_stale_temp_dirs_are_cleaned(tmp_path, monkeypatch):
@@ -223,7 +224,7 @@ def test_failed_build_leaves_no_entry_and_stale_temp_dirs_are_cleaned(tmp_path, 
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [], "no entry, no temporary dir"
 
 
-def _build_in_child(cache: str, results) -> None:
+def _build_in_child(cache_dir: str, results) -> None:
     """Run in a forked process: build (or find) the small model, report path and builds run."""
     builds = []
     original = tiny_module.pretrain
@@ -234,7 +235,7 @@ def _build_in_child(cache: str, results) -> None:
 
     tiny_module.pretrain = counting
     try:
-        tiny, data = small_settings(Path(cache))
+        tiny, data = small_settings(Path(cache_dir))
         results.put((str(ensure_tiny_base_model(tiny, data)), len(builds)))
     except BaseException as e:  # reported to the parent, which fails the test
         results.put((repr(e), -1))
@@ -255,7 +256,7 @@ def test_two_processes_at_once_produce_one_valid_entry(tmp_path):
     assert sum(builds for _, builds in outcomes) == 1, "exactly one process trained"
     paths = {path for path, _ in outcomes}
     dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert len(paths) == 1 and [str(d) for d in dirs] == list(paths) and is_complete(dirs[0])
+    assert len(paths) == 1 and [str(d) for d in dirs] == list(paths) and cache.is_complete(dirs[0], MARKER)
 
 
 # ---- loading --------------------------------------------------------------------------------

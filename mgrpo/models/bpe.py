@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from mgrpo.models.cache import ensure_entry, settings_key, sha256_file, write_marker
+from mgrpo.models.tiny import small_qwen3
 
 if TYPE_CHECKING:
     from mgrpo.config import DataConfig, TinyBPEModelConfig
@@ -139,26 +140,10 @@ def build_tiny_bpe_model(cfg: TinyBPEModelConfig, tokenizer: PreTrainedTokenizer
     """A freshly initialised Qwen3 LM for `tokenizer`, identical for the same `cfg.seed` (the
     global RNG state is left as it was)."""
     check_tiny_bpe_settings(cfg)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        head_dim=cfg.hidden_size // cfg.num_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
+    return small_qwen3(
+        tokenizer, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads, max_positions=cfg.max_position_embeddings, seed=cfg.seed,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = Qwen3ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
 
 
 def build_settings(cfg: TinyBPEModelConfig, corpus: Path) -> dict[str, object]:

@@ -4,8 +4,8 @@ An entry `<root>/<name>/` is an ordinary Hugging Face checkpoint directory plus 
 JSON report whose `files` maps every other file to its SHA-256), written last. An entry is used
 only when the marker is readable and every checksum matches; anything else is rebuilt. Builds
 run under a file lock, into a temporary directory renamed into place (atomic on one file
-system), so concurrent callers (SLURM array jobs) get one valid entry. `mgrpo.models.tiny`
-follows the same rules with its own code; `mgrpo.models.bpe` uses this module.
+system), so concurrent callers (SLURM array jobs) get one valid entry. Both test models
+(`mgrpo.models.tiny`, `mgrpo.models.bpe`) are cached this way.
 """
 
 from __future__ import annotations

@@ -27,12 +27,7 @@ else is rebuilt. Builds run under a file lock, into a temporary directory rename
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,11 +36,11 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 import numpy as np
 import torch
 import transformers
-from filelock import FileLock
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from mgrpo.algos.answers import extract_answer
+from mgrpo.models.cache import ensure_entry, settings_key, write_marker
 from mgrpo.tasks.arithmetic import (
     arithmetic_problem,
     arithmetic_solution,
@@ -127,31 +122,40 @@ def check_tiny_settings(tiny: TinyModelConfig) -> None:
         raise ValueError(f"model.tiny.pretrain_lr={tiny.pretrain_lr} must be > 0")
 
 
-def build_tiny_model(tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
-    """A freshly initialised Qwen3 LM with `tiny`'s sizes, identical for the same `tiny.seed`
-    (the global RNG state is left as it was). Embeddings are tied: with a ~100-token vocabulary
-    the output layer would otherwise be a needless extra matrix."""
-    check_tiny_settings(tiny)
+def small_qwen3(tokenizer: PreTrainedTokenizerFast, *, hidden_size: int, intermediate_size: int, num_layers: int,
+                num_heads: int, max_positions: int, seed: int) -> Qwen3ForCausalLM:
+    """A freshly initialised small Qwen3 LM over `tokenizer` (the tiny and tiny_bpe test models),
+    identical for the same seed (the global RNG state is left as it was). Embeddings are tied:
+    with a small vocabulary the output layer would otherwise be a needless extra matrix."""
     config = Qwen3Config(
         vocab_size=len(tokenizer),
-        hidden_size=tiny.hidden_size,
-        intermediate_size=tiny.intermediate_size,
-        num_hidden_layers=tiny.num_layers,
-        num_attention_heads=tiny.num_heads,
-        num_key_value_heads=tiny.num_heads,
-        head_dim=tiny.hidden_size // tiny.num_heads,
-        max_position_embeddings=MAX_POSITIONS,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tiny.seed)
+        torch.manual_seed(seed)
         model = Qwen3ForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def build_tiny_model(tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
+    """A freshly initialised Qwen3 LM with `tiny`'s sizes, identical for the same `tiny.seed`."""
+    check_tiny_settings(tiny)
+    return small_qwen3(
+        tokenizer, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
+        num_layers=tiny.num_layers, num_heads=tiny.num_heads, max_positions=MAX_POSITIONS, seed=tiny.seed,
+    )
 
 
 # ---- pretraining ----------------------------------------------------------------------------
@@ -351,22 +355,7 @@ def build_settings(tiny: TinyModelConfig, data: DataConfig) -> dict[str, object]
 
 def tiny_cache_key(tiny: TinyModelConfig, data: DataConfig) -> str:
     """16 hex digits of the SHA-256 of `build_settings`."""
-    blob = json.dumps(build_settings(tiny, data), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def is_complete(entry: Path) -> bool:
-    """Whether a cache entry has a readable marker and every file it lists is intact."""
-    try:
-        marker = json.loads((entry / MARKER).read_text())
-        files = marker["files"]
-        return bool(files) and all(_sha256(entry / name) == digest for name, digest in files.items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return settings_key(build_settings(tiny, data))
 
 
 def _build(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
@@ -394,9 +383,8 @@ def _build(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
         "build_cpu_seconds": round(time.process_time() - cpu_started, 1),
         "torch_threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "files": {p.name: _sha256(p) for p in sorted(entry.iterdir()) if p.is_file()},
     }
-    (entry / MARKER).write_text(json.dumps(report, indent=2))
+    write_marker(entry, MARKER, report)
     log.info(
         "built tiny base model %s in %.0fs: %d steps, held-out greedy accuracy %.3f",
         entry.name, report["build_seconds"], stats.steps, accuracy,
@@ -404,31 +392,8 @@ def _build(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
 
 
 def ensure_tiny_base_model(tiny: TinyModelConfig, data: DataConfig) -> Path:
-    """The directory of the cached tiny base model for these settings, built on first use.
-
-    Safe under concurrency: a complete entry is returned without locking; otherwise the caller
-    takes `<cache_dir>/.tiny-<key>.lock`, checks again, removes any incomplete entry and leftover
-    temporary directories, builds into a temporary directory and renames it into place.
-    """
+    """The directory of the cached tiny base model for these settings, built on first use, safe
+    under concurrent builders (`mgrpo.models.cache.ensure_entry`)."""
     check_tiny_settings(tiny)
-    root = Path(tiny.cache_dir).expanduser()
     key = tiny_cache_key(tiny, data)
-    entry = root / f"tiny-{key}"
-    if is_complete(entry):
-        return entry
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f".tiny-{key}.lock")):
-        if is_complete(entry):
-            return entry
-        for stale in [entry, *root.glob(f".tiny-{key}.tmp-*")]:
-            if stale.exists():
-                log.warning("removing incomplete tiny model cache entry %s", stale)
-                shutil.rmtree(stale)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{key}.tmp-", dir=root))
-        try:
-            _build(tmp, tiny, data)
-            os.replace(tmp, entry)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return entry
+    return ensure_entry(Path(tiny.cache_dir).expanduser(), f"tiny-{key}", MARKER, lambda tmp: _build(tmp, tiny, data))
