@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import pytest
 import torch
 
@@ -22,19 +23,61 @@ def test_two_tokens_by_hand() -> None:
     assert math.isclose(float(token_self_certainty(logits)), 0.5 * math.log(1.5625), rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("vocab", [2, 10, 1000])
-@pytest.mark.parametrize("gap", [1.0, 5.0, 30.0])
-def test_one_top_token_by_hand(vocab: int, gap: float) -> None:
+def _one_top_token_kl(vocab: int, gap: float) -> float:
     """Top logit `gap` above V - 1 equal others: log p_top = gap - log Z, log p_other = -log Z with
-    Z = e^gap + V - 1, so KL = -log V - mean log p = log(Z / V) - gap / V. Near one-hot (large gap)
-    that is about gap (1 - 1/V) - log V: it grows with the gap, without bound. It is KL(p || U),
-    the other direction, that tends to log V for a one-hot p."""
-    logits = torch.zeros(vocab, dtype=torch.float64)
+    Z = e^gap + V - 1, so KL = -log V - mean log p = log(Z / V) - gap / V, evaluated with 50
+    digits (the two terms cancel when the gap is small)."""
+    with mpmath.workdps(50):
+        gap_mp = mpmath.mpf(gap)
+        return float(mpmath.log((mpmath.exp(gap_mp) + vocab - 1) / vocab) - gap_mp / vocab)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("vocab", [2, 10, 1000, 151_669])
+@pytest.mark.parametrize("gap", [1e-6, 1e-3, 1.0, 5.0, 30.0, 100.0])
+def test_one_top_token_by_hand(vocab: int, gap: float, dtype: torch.dtype) -> None:
+    """Near one-hot (large gap) KL is about gap (1 - 1/V) - log V: it grows with the gap, without
+    bound (KL(p || U), the other direction, tends to log V). Nearly flat (small gap) it is about
+    gap^2 (V - 1) / (2 V^2): tiny, and the textbook logsumexp - mean - log V loses every digit of
+    it in float32. The result must keep the input precision's relative accuracy whatever the
+    conditioning: every term the centred form adds is >= 0, so the error is rounding in the
+    centring and in a sum over V terms, a few ulps of the input's dtype (at most 10 measured over
+    these cases in both dtypes; we allow 32)."""
+    logits = torch.zeros(vocab, dtype=dtype)
     logits[3 % vocab] = gap
-    expected = math.log((math.exp(gap) + vocab - 1) / vocab) - gap / vocab
-    assert math.isclose(float(token_self_certainty(logits)), expected, rel_tol=1e-5, abs_tol=1e-6)
+    expected = _one_top_token_kl(vocab, gap)
+    got = token_self_certainty(logits)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    rel = 32 * torch.finfo(dtype).eps
+    assert math.isclose(float(got), expected, rel_tol=rel), (float(got), expected)
     if gap == 30.0:
         assert math.isclose(expected, gap * (1 - 1 / vocab) - math.log(vocab), rel_tol=1e-6)
+
+
+def test_nearly_flat_distribution_does_not_cancel() -> None:
+    """The failure that motivated the centred form: float64 logits with gap 1 over 1,000 tokens
+    used to be computed in float32 as log(Z/V) - gap/V, which returned 7.1430e-4 for 7.1681e-4.
+    float64 input is now computed in float64."""
+    logits = torch.zeros(1000, dtype=torch.float64)
+    logits[0] = 1.0
+    expected = _one_top_token_kl(1000, 1.0)  # 7.16807e-4
+    assert math.isclose(float(token_self_certainty(logits)), expected, rel_tol=1e-13)
+    naive32 = float(torch.logsumexp(logits.float(), -1) - logits.float().mean() - math.log(1000))
+    assert abs(naive32 - expected) / expected > 1e-4  # why the naive form is not used
+
+
+def test_log_prob_form_is_shift_invariant_and_matches_logits_form() -> None:
+    torch.manual_seed(4)
+    logits = torch.randn(6, 500, dtype=torch.float64) * 0.01 + 40.0
+    from_logits = token_self_certainty(logits, vocab_size=480)
+    from_log_probs = self_certainty_from_log_probs(torch.log_softmax(logits, -1), 480)
+    assert torch.allclose(from_logits, from_log_probs, rtol=1e-9, atol=0)
+    assert (from_logits > 0).all()
+
+
+def test_minus_inf_real_logit_gives_infinity() -> None:
+    logits = torch.tensor([0.0, 1.0, -torch.inf])
+    assert float(token_self_certainty(logits)) == math.inf
 
 
 def test_verl_intuitor_form_differs_by_the_constant_log_v() -> None:
