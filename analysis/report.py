@@ -15,7 +15,7 @@ from typing import Optional
 
 import pandas as pd
 
-from . import label_free, label_free_eval, plots, tables
+from . import label_free, label_free_eval, plots, tables, vote_check
 from .detectors import ACCURACY, Thresholds, detect_runs, thresholds_table
 from .store import REPORT_TAG, RunSet, Selection, Store
 
@@ -59,6 +59,11 @@ class Analysis:
             return pd.DataFrame()
         verdicts = self.results[["run_id", "collapsed"]]
         return label_free_eval.signal_shifts(self.runs, self.curves, verdicts, self.label_free_thresholds)
+
+    @property
+    def vote_check(self) -> pd.DataFrame:
+        """Per run, the vote's pseudo-label vs the greedy answer (see `vote_check.vote_check_summary`)."""
+        return vote_check.vote_check_summary(self.results, self.curves)
 
     @property
     def best_vs_final(self) -> pd.DataFrame:
@@ -142,6 +147,17 @@ def render(analysis: Analysis, figures: dict[str, Path]) -> str:
             "policy's samples, and the fraction of the pooled samples the IQR filter removed.\n\n"
             + tables.markdown(arms),
         ))
+    checked = a.vote_check
+    if not checked.empty:
+        lines.append(_section(
+            "Could the vote teach? Pseudo-label vs greedy answer",
+            "On the first `trainer.vote_check_size` selection-set problems, at the first and the last "
+            "evaluation: how often the pseudo-label that the run's training pool, filter and vote "
+            "produce is right, and how often the policy's greedy answer is. Label-free RL can only "
+            "gain while the label beats the greedy answer (a positive difference); a labelled "
+            "diagnostic, never read by training or selection.\n\n"
+            + tables.markdown(vote_check.vote_check_table(checked)),
+        ))
     for sweep_id, keys in a.swept.items():
         pivot = tables.sweep_pivot(res, sweep_id, keys)
         if keys and not pivot.empty:
@@ -208,7 +224,7 @@ def render(analysis: Analysis, figures: dict[str, Path]) -> str:
 
 
 def write(analysis: Analysis, out_dir: Path | str) -> Path:
-    """Write report.md, the figures and CSVs (runs, verdicts, best_vs_final, paired) to
+    """Write report.md, the figures and CSVs (runs, verdicts, best_vs_final, paired, vote_check) to
     `out_dir`; return the path of report.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,6 +246,8 @@ def write(analysis: Analysis, out_dir: Path | str) -> Path:
         analysis.runs.to_csv(out / "runs.csv", index=False)
         analysis.best_vs_final.to_csv(out / "best_vs_final.csv", index=False)
         analysis.paired.to_csv(out / "paired.csv", index=False)
+        if not analysis.vote_check.empty:
+            analysis.vote_check.to_csv(out / "vote_check.csv", index=False)
         if not analysis.label_free.empty:
             analysis.label_free.merge(res[["run_id", "run_name", "method", "seed"]], on="run_id", how="left").to_csv(
                 out / "label_free_runs.csv", index=False)

@@ -95,7 +95,8 @@ class AlgoConfig:
 class TinyModelConfig:
     """The built-in tiny model: a small Qwen3-architecture LM with a character tokenizer,
     supervised-trained on the synthetic arithmetic task into a decent-but-imperfect base model
-    (see `mgrpo.models.tiny`). Every field but `cache_dir` and `eval_size` is part of the cache key."""
+    (see `mgrpo.models.tiny`). Every field but `cache_dir`, `eval_size` and `prebuilt` is part of
+    the cache key."""
 
     hidden_size: int = 64
     """Width of the residual stream; a multiple of 2 * num_heads (RoPE needs even head sizes)."""
@@ -125,6 +126,11 @@ class TinyModelConfig:
     """Seed of the initial weights and of the supervised examples' order."""
     cache_dir: str = "~/.cache/mgrpo"
     """Where built base models are kept, as tiny-<hash of the settings and the task>."""
+    prebuilt: bool = True
+    """Load the base shipped with the package when one matches these settings (the default
+    recipe for seeds 0-5, `mgrpo.models.tiny_bases`): the same weights on every machine. false
+    builds on this machine into cache_dir; such a base differs between CPUs (float order moves
+    the stop step), and so do results on it."""
 
 
 @dataclass
@@ -335,6 +341,11 @@ class TrainerConfig:
     and the end."""
     eval_size: Optional[int] = None
     """Selection-set problems used per evaluation (null: all)."""
+    vote_check_size: int = 128
+    """At step 0 and each evaluation, on this many selection-set problems, how often the vote's
+    pseudo-label (the training pool, filter and vote) and the policy's greedy answer are right
+    (val/vote_check/*, `mgrpo.vote_check`): whether label-free RL can gain from here. A labelled
+    diagnostic, never read by training, the monitor or the objective. 0 turns it off."""
     eval_benchmarks: list[str] = field(default_factory=list)
     """Benchmarks evaluated at each evaluation, e.g. [math500, aime24] (names in
     `mgrpo.tasks.benchmarks.BENCHMARKS`, or keys of data.benchmark_paths). Logged as

@@ -165,6 +165,8 @@ def validate(cfg: Config) -> None:
         if not getattr(t, key) > 0:
             _fail(f"trainer.{key}", getattr(t, key), "must be > 0 (seconds)")
     _one_of("trainer.objective", t.objective, OBJECTIVES)
+    if t.vote_check_size < 0:
+        _fail("trainer.vote_check_size", t.vote_check_size, "must be >= 0 (0 turns the vote check off)")
     validate_benchmarks(cfg)
 
     if cfg.monitor.every < 1:

@@ -64,6 +64,7 @@ from mgrpo.sharding import compute_context, full_parameters
 from mgrpo.step_metrics import PseudoLabelMemory, logprob_drift, role_signals, step_metrics, step_pseudo_labels
 from mgrpo.tasks import Problem, load_task, prepare_task
 from mgrpo.tracking import Tracker
+from mgrpo.vote_check import vote_check
 
 log = logging.getLogger(__name__)
 
@@ -362,9 +363,12 @@ class Trainer:
 
     # ---- evaluation, monitoring ------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
-        """Selection set and benchmarks (`mgrpo.in_training_eval`) with the current policy."""
+        """Selection set and benchmarks (`mgrpo.in_training_eval`) with the current policy, and
+        the vote check (`mgrpo.vote_check`)."""
         engine = self.engines.acquire("policy", self.versions["policy"], lambda: full_parameters(self.policy, self.compute_dtype))
-        return self.evaluator.evaluate(step, engine)
+        metrics = self.evaluator.evaluate(step, engine)
+        metrics.update(vote_check(self, step))
+        return metrics
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> float:
