@@ -75,6 +75,15 @@ class AlgoConfig:
     """Passes over each step's rollouts."""
     mini_batches: int = 1
     """Optimizer steps per pass; >1 makes later mini-batches off-policy, where clipping acts."""
+    tis_cap: Optional[float] = None
+    """C >= 1: truncated importance sampling against the sampler (TIS, as verl's
+    tis_imp_ratio_cap and TRL's vllm_importance_sampling_cap; 2 is a common value). The sampler's
+    kernels (vLLM, bf16) draw from a slightly different distribution than the trainer computes,
+    so each token's PG term is weighted by min(pi_old / pi_sampler, C): the trainer's detached
+    probability of the token under the weights that sampled over the sampler's (the KL term is
+    not weighted). Needs the sampler's log-probs (both engines record them when sampling).
+    Logged as train/tis_weight_mean and train/tis_clip_frac (share of tokens truncated at C);
+    the mismatch itself is train/rollout_logprob_drift. null (the default) disables it."""
 
     def resolved_num_momentum_rollouts(self) -> int:
         """N after applying the default of G // 4 (the paper's setting)."""

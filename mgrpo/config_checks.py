@@ -84,6 +84,12 @@ def validate(cfg: Config) -> None:
         _fail("algo.ppo_epochs", a.ppo_epochs, "must be >= 1")
     if a.mini_batches < 1:
         _fail("algo.mini_batches", a.mini_batches, "must be >= 1")
+    if a.tis_cap is not None and not (a.tis_cap >= 1.0 and math.isfinite(a.tis_cap)):
+        _fail(
+            "algo.tis_cap", a.tis_cap,
+            "the truncation C must be a finite number >= 1 (below 1 it would scale down even the tokens where sampler "
+            "and trainer agree), or null to disable TIS",
+        )
 
     _one_of("model.dtype", cfg.model.dtype, DTYPES)
     path = cfg.model.name_or_path

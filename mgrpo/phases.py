@@ -23,6 +23,7 @@ from mgrpo.algos.filtering import iqr_keep_mask
 from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.losses import policy_loss
 from mgrpo.algos.self_certainty import trajectory_self_certainty
+from mgrpo.config import ConfigError
 from mgrpo.algos.voting import VoteResult, majority_vote
 from mgrpo.models.scorer import ResponseScorer
 from mgrpo.rollout.base import Rollouts
@@ -71,7 +72,7 @@ def score_phase(
     run it on the same number of rows."""
     was_training = scorer.training
     scorer.eval()
-    device = rollouts_device(scorer)
+    device = compute_device(scorer)
     logprobs, entropy, certainty = [], [], []
     for start in range(0, len(rollouts), chunk_size):
         rows = slice(start, start + chunk_size)
@@ -95,11 +96,18 @@ def score_phase(
     return Scores(torch.cat(logprobs), torch.cat(entropy), torch.cat(certainty) if certainty else None)
 
 
-def rollouts_device(model: torch.nn.Module) -> torch.device:
-    """Where a model's (local) parameters live, hence where its inputs go."""
+def compute_device(model: torch.nn.Module) -> torch.device:
+    """Where `model`'s forward runs and returns its outputs, hence where its inputs and every
+    tensor combined with its outputs (masks, old and reference log-probs, advantages) go.
+
+    For FSDP2-sharded parameters (DTensors) that is their mesh's device, to which FSDP gathers
+    the shards and moves the inputs; not the shards' own device, which is the CPU under
+    `CPUOffloadPolicy` (`model.reference_cpu_offload`). The device has no index: `.to()` then
+    places tensors on the current device, as FSDP does. Unsharded, it is the parameters' device.
+    """
     param = next(model.parameters())
-    to_local = getattr(param, "to_local", None)
-    return (to_local() if callable(to_local) else param).device
+    mesh = getattr(param, "device_mesh", None)
+    return param.device if mesh is None else torch.device(mesh.device_type)
 
 
 def sampler_entropy(rollouts: Rollouts, estimator: str) -> Optional[torch.Tensor]:
@@ -200,6 +208,7 @@ class LossSettings:
     agg_mode: str
     norm_length: float
     grad_clip: float
+    tis_cap: Optional[float] = None
 
 
 def update_phase(
@@ -221,8 +230,11 @@ def update_phase(
     where the importance ratio is 1 and clipping is inactive; later mini-batches are off-policy.
     On-policy, pass `old_logprobs=None`: the pass's own detached log-probs are then the old
     log-probs (they are those of the weights that sampled, bit for bit), so no separate scoring
-    pass is needed. Metrics are this rank's parts of global quantities: loss, pg_loss, kl and
-    clip_frac are already divided by the global counts (sum them over ranks); grad_norm is global.
+    pass is needed. With `settings.tis_cap`, each token's PG term is weighted by TIS against
+    `rollouts.sampler_logprobs` (`mgrpo.algos.losses.tis_weights`). Metrics are this rank's parts
+    of global quantities: loss, pg_loss, kl, clip_frac and, with TIS, tis_weight_mean and
+    tis_clip_frac are already divided by the global counts (sum them over ranks); grad_norm is
+    global.
 
     Args:
         old_logprobs: (B, R) log-probs of the sampling weights, or None (on-policy, see above).
@@ -232,9 +244,17 @@ def update_phase(
             forward) and its rows ((B,) bool) after its backward passes and before the optimizer
             step, e.g. to check them against the sampler's. It may raise to stop the update.
     """
+    tis = settings.tis_cap is not None
+    if tis and rollouts.sampler_logprobs is None:
+        raise ConfigError(
+            f"algo.tis_cap={settings.tis_cap} weights the loss by the sampler's log-probs, but these rollouts carry "
+            "none (greedy decoding, or an engine that does not record them). Set algo.tis_cap=null, or sample "
+            "with an engine that records log-probs (rollout.engine=hf or vllm, rollout.temperature > 0)."
+        )
     loss_mask = rollouts.response_mask & members.unsqueeze(-1)
-    totals = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "pg_loss": 0.0}
-    device = rollouts_device(scorer)
+    weighted = ("clip_frac", "tis_weight_mean", "tis_clip_frac") if tis else ("clip_frac",)
+    totals = {key: 0.0 for key in ("loss", "grad_norm", "kl", "pg_loss", *weighted)}
+    device = compute_device(scorer)
     scorer.train()
     updates = 0
     for micro_batches, num_tokens, num_seqs in zip(plan.micro_batches, plan.num_tokens, plan.num_seqs):
@@ -266,6 +286,8 @@ def update_phase(
                 kl_coef=settings.kl_coef,
                 kl_estimator=settings.kl_estimator,
                 agg_mode=settings.agg_mode,
+                sampler_logprobs=rollouts.sampler_logprobs[rows].to(device) if tis else None,
+                tis_cap=settings.tis_cap,
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
                 norm_length=settings.norm_length,
@@ -277,7 +299,8 @@ def update_phase(
             forwarded[rows] = True
             weight = float(mask.sum()) / num_tokens
             totals["loss"] += float(loss.detach())
-            totals["clip_frac"] += metrics["clip_frac"] * weight
+            for key in weighted:  # this micro-batch's token means, weighted into the step's
+                totals[key] += metrics[key] * weight
             totals["pg_loss"] += metrics["pg_loss"]
             totals["kl"] += metrics.get("kl", 0.0)  # already divided by the step's global count
         if before_first_step is not None and updates == 0:
@@ -288,6 +311,9 @@ def update_phase(
         totals["grad_norm"] += float(full_norm() if callable(full_norm) else grad_norm)
         optimizer.step()
         updates += 1
+    if not updates:  # nothing was trained on any rank (the counts are global): no TIS weights to report
+        for key in ("tis_weight_mean", "tis_clip_frac"):
+            totals.pop(key, None)
     result = {k: v / max(updates, 1) for k, v in totals.items()}
     result["trained_samples"] = float(loss_mask.any(-1).sum()) if updates else 0.0
     return result

@@ -140,6 +140,9 @@ def step_metrics(
     )
     for key in ("loss", "pg_loss", "clip_frac", "kl", "trained_samples"):
         m.summed[f"train/{key}"] = update[key]
+    for key in ("tis_weight_mean", "tis_clip_frac"):  # with algo.tis_cap, on a step that trained
+        if key in update:
+            m.summed[f"train/{key}"] = update[key]
     m.maxed["train/grad_norm"] = update["grad_norm"]
     return m
 

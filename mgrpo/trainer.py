@@ -347,7 +347,7 @@ class Trainer:
         a = self.cfg.algo
         return LossSettings(
             self.cfg.rollout.temperature, a.clip_ratio, a.clip_ratio_dual, a.kl_coef, a.kl_estimator,
-            a.loss_agg_mode, float(self.cfg.rollout.max_new_tokens), self.cfg.optim.grad_clip,
+            a.loss_agg_mode, float(self.cfg.rollout.max_new_tokens), self.cfg.optim.grad_clip, a.tis_cap,
         )
 
     def global_plan(self, policy_ro: Rollouts, members: torch.Tensor, step: int):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mgrpo.algos.losses import LOSS_AGG_MODES, agg_loss, kl_penalty, policy_loss, ppo_clip_loss
+from mgrpo.algos.losses import LOSS_AGG_MODES, agg_loss, kl_penalty, policy_loss, ppo_clip_loss, tis_weights
 
 LN2 = math.log(2.0)
 
@@ -286,3 +286,76 @@ def test_policy_loss_without_kl() -> None:
     assert "kl" not in metrics
     with pytest.raises(ValueError, match="reference"):
         policy_loss(logprobs, logprobs, None, torch.tensor([2.0]), torch.ones(1, 2), kl_coef=0.1)
+
+
+# ---------------------------------------------------------------- truncated importance sampling
+
+
+def test_tis_weights_hand_case() -> None:
+    # trainer / sampler probability ratios 1, 1.5, 3, 0.5 with cap 2 -> weights 1, 1.5, 2, 0.5;
+    # only the upper side is truncated (the third token).
+    sampler = torch.tensor([[-0.7, -1.2, -2.0, -0.3]])
+    old = (sampler + _logs([1.0, 1.5, 3.0, 0.5])).requires_grad_(True)
+    weights, truncated = tis_weights(old, sampler, cap=2.0)
+    torch.testing.assert_close(weights, torch.tensor([[1.0, 1.5, 2.0, 0.5]]))
+    assert truncated.tolist() == [[False, False, True, False]]
+    assert not weights.requires_grad, "the weights are constants of the loss"
+
+
+def test_tis_weight_is_one_where_the_log_probs_agree() -> None:
+    logprobs = torch.tensor([[-0.1, -3.7, -12.5]])
+    weights, truncated = tis_weights(logprobs, logprobs.clone(), cap=1.0)
+    assert weights.tolist() == [[1.0, 1.0, 1.0]] and not truncated.any()
+
+
+def test_policy_loss_with_tis_hand_case() -> None:
+    # On-policy (old = logprobs): PPO ratio 1, so each token's PG term is -A * w with the TIS
+    # weights w = 1.5, 2 (3 truncated at the cap), 0.5; the fourth token is masked out (its
+    # ratio e^10 must count nowhere). A = 1, token-mean: -(1.5 + 2 + 0.5) / 3 = -4/3.
+    # KL (k1, d = 0.3 on each token) is not weighted: 0.3; loss = -4/3 + 0.5 * 0.3.
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5, -1.0]], requires_grad=True)
+    old = logprobs.detach()
+    sampler = (old - torch.log(torch.tensor([[1.5, 3.0, 0.5, math.exp(10.0)]]))).requires_grad_(True)
+    ref = old - 0.3
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    loss, metrics = policy_loss(
+        logprobs, old, ref, torch.tensor([1.0]), mask, kl_coef=0.5, kl_estimator="k1", sampler_logprobs=sampler, tis_cap=2.0
+    )
+    assert metrics["pg_loss"] == pytest.approx(-4.0 / 3.0, abs=1e-6)
+    assert metrics["kl"] == pytest.approx(0.3, abs=1e-6)
+    assert loss.item() == pytest.approx(-4.0 / 3.0 + 0.15, abs=1e-6)
+    assert metrics["tis_weight_mean"] == pytest.approx(4.0 / 3.0, abs=1e-6)
+    assert metrics["tis_clip_frac"] == pytest.approx(1.0 / 3.0)
+    loss.backward()
+    # d/dlogp: -A * w / 3 from the PG term (ratio 1) + 0.5 / 3 from k1; nothing reaches the sampler.
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[-0.5 + 0.5 / 3, -2.0 / 3 + 0.5 / 3, -0.5 / 3 + 0.5 / 3, 0.0]]))
+    assert sampler.grad is None
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_policy_loss_without_tis_cap_is_the_unweighted_loss(mode: str) -> None:
+    """tis_cap=None ignores the sampler's log-probs; a cap with agreeing log-probs changes nothing."""
+    g = torch.Generator().manual_seed(3)
+    old = -torch.rand(3, 5, generator=g) * 3
+    sampler = old + 0.5 * torch.randn(3, 5, generator=g)
+    mask = (torch.rand(3, 5, generator=g) > 0.3).float()
+    advantages = torch.tensor([1.0, -0.5, 2.0])
+
+    def run(**tis):
+        logprobs = (old + 0.1 * torch.randn(3, 5, generator=torch.Generator().manual_seed(4))).requires_grad_(True)
+        loss, metrics = policy_loss(logprobs, old, None, advantages, mask, clip_ratio_dual=3.0, agg_mode=mode, **tis)
+        loss.backward()
+        return loss, logprobs.grad, metrics
+
+    plain, plain_grad, plain_metrics = run()
+    off, off_grad, off_metrics = run(sampler_logprobs=sampler, tis_cap=None)
+    assert off.item() == plain.item() and torch.equal(off_grad, plain_grad)
+    assert "tis_weight_mean" not in off_metrics and "tis_weight_mean" not in plain_metrics
+    agreeing, agreeing_grad, metrics = run(sampler_logprobs=old.clone(), tis_cap=2.0)
+    assert agreeing.item() == pytest.approx(plain.item(), abs=1e-7)
+    torch.testing.assert_close(agreeing_grad, plain_grad)
+    assert metrics["tis_weight_mean"] == pytest.approx(1.0) and metrics["tis_clip_frac"] == 0.0
+    weighted, _, _ = run(sampler_logprobs=sampler, tis_cap=2.0)
+    assert weighted.item() != pytest.approx(plain.item()), "real mismatch must change the loss"
+    with pytest.raises(ValueError, match="sampler"):
+        policy_loss(old, old, None, advantages, mask, tis_cap=2.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from mgrpo.models.scorer import ResponseScorer
 from mgrpo.phases import (
     LossSettings,
     UpdatePlan,
+    compute_device,
     filter_phase,
     lr_lambda,
     pad_plan,
@@ -297,4 +299,76 @@ def test_on_policy_update_without_old_logprobs_is_the_same_step(tiny):
     assert seen["rows"].all()
     assert torch.allclose(seen["logprobs"] * ro.response_mask, old * ro.response_mask, atol=1e-5)
     assert ((ro.sampler_logprobs - seen["logprobs"]).abs() * ro.response_mask).max() < 1e-5
+    model.load_state_dict(before)
+
+
+class _Shard:
+    """A DTensor parameter's two devices as FSDP2 lays them out under CPUOffloadPolicy: its local
+    shard on one (the CPU there) and its mesh, where FSDP gathers it and computes, on another."""
+
+    grad = None
+
+    def __init__(self, shard_device: str, mesh_device: str) -> None:
+        self.device = torch.device(shard_device)
+        self.device_mesh = SimpleNamespace(device_type=mesh_device)
+
+    def to_local(self) -> torch.Tensor:
+        return torch.empty(0, device=self.device)
+
+
+class _Offloaded(torch.nn.Module):
+    """Stands in for an FSDP2 scorer with offloaded shards, on a machine without a GPU: its
+    parameters report shards on the `meta` device and a CPU mesh, and its forward computes on the
+    CPU (with `scorer`'s weights). It takes its inputs only on the compute device, since what a
+    phase puts elsewhere (FSDP moves the inputs, not the phase's own copies) ends up mixed with
+    outputs on another device, as the response mask was with a CPU-offloaded reference."""
+
+    def __init__(self, scorer: ResponseScorer) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.shard = _Shard("meta", "cpu")
+
+    def parameters(self, recurse: bool = True):
+        yield self.shard
+        yield from self.scorer.parameters()
+
+    def forward(self, *args, **kwargs):
+        devices = {a.device for a in args if isinstance(a, torch.Tensor)}
+        assert devices == {torch.device("cpu")}, f"inputs on {devices}, not on the compute device"
+        return self.scorer(*args, **kwargs)
+
+
+def test_compute_device_is_the_mesh_device_not_the_offloaded_shards_one():
+    assert compute_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    offloaded = torch.nn.Module()
+    offloaded.parameters = lambda recurse=True: iter([_Shard("cpu", "cuda")])
+    assert compute_device(offloaded) == torch.device("cuda")
+    assert compute_device(_Offloaded(torch.nn.Linear(2, 2))) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("estimator", ["full", "sampled"])
+def test_scoring_a_model_with_offloaded_shards_runs_on_its_compute_device(tiny, estimator):
+    """Reference, momentum and policy scoring: masks go where the log-probs come from."""
+    model, tokenizer = tiny
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer, PROMPTS[:2]), 3, 1.0, 10, [41, 42])
+    plain = score_phase(ResponseScorer(model), ro, 1.0, 2, estimator)
+    offloaded = score_phase(_Offloaded(ResponseScorer(model)), ro, 1.0, 2, estimator)
+    assert torch.equal(offloaded.logprobs, plain.logprobs) and torch.equal(offloaded.entropy, plain.entropy)
+
+
+def test_update_of_a_model_with_offloaded_shards_runs_on_its_compute_device(tiny):
+    model, tokenizer = tiny
+    ro = HFRolloutEngine(model, tokenizer).generate(ids(tokenizer, PROMPTS[:2]), 4, 1.0, 10, [43, 44])
+    old = score_phase(ResponseScorer(model), ro, 1.0, 64).logprobs
+    reference = old + 0.05
+    settings = LossSettings(**{**SETTINGS.__dict__, "kl_coef": 0.1, "tis_cap": 2.0})
+    members = torch.ones(8, dtype=torch.bool)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    grads = []
+    for scorer in (ResponseScorer(model), _Offloaded(ResponseScorer(model))):
+        model.load_state_dict(before)
+        update_phase(scorer, opt, ro, None, reference, torch.linspace(-1, 1, 8), members, plan_update(ro.response_mask, 1, 1, 3, 0), settings)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
     model.load_state_dict(before)

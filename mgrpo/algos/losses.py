@@ -3,6 +3,12 @@
 J(theta) = clipped PG objective over kept policy samples - beta * KL(pi_theta || pi_ref).
 Each function takes tensors and plain values and returns (loss, metrics) or a tensor.
 
+Truncated importance sampling (TIS, as verl's `tis_imp_ratio_cap` and TRL's
+`vllm_importance_sampling_cap`): the sampler (vLLM, bf16 kernels) and the trainer assign the
+same weights slightly different probabilities, so the samples come from a policy a little off
+the one the loss assumes. Each token's PG term is then weighted by the detached ratio
+min(pi_trainer_old / pi_sampler, cap); the KL term is not weighted (as in both peers).
+
 Aggregation modes (over a (B, T) per-token loss and mask):
 - ``token-mean``: sum over all tokens / number of tokens (DAPO's choice; the default).
 - ``seq-mean-token-mean``: mean over sequences of each sequence's token mean (GRPO paper).
@@ -70,6 +76,7 @@ def ppo_clip_loss(
     clip_ratio: float = 0.2,
     clip_ratio_dual: Optional[float] = None,
     agg_mode: str = "token-mean",
+    token_weights: Optional[torch.Tensor] = None,
     **agg_kwargs: Optional[float],
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate, negated to be minimised.
@@ -89,6 +96,8 @@ def ppo_clip_loss(
         clip_ratio: eps.
         clip_ratio_dual: c > 1, or None.
         agg_mode, agg_kwargs: see `agg_loss`.
+        token_weights: (B, T) constant weights of each token's clipped term (the TIS weights of
+            `tis_weights`), or None for 1.
     Returns:
         loss: () scalar.
         metrics: clip_frac (share of tokens where the clipped term was taken), approx_kl
@@ -104,6 +113,8 @@ def ppo_clip_loss(
     if clip_ratio_dual is not None:
         capped = torch.minimum(loss_mat, -advantages * clip_ratio_dual)
         loss_mat = torch.where(advantages < 0, capped, loss_mat)
+    if token_weights is not None:
+        loss_mat = loss_mat * token_weights
     loss = agg_loss(loss_mat, mask, agg_mode, **agg_kwargs)
     with torch.no_grad():
         m = mask.float()
@@ -114,6 +125,28 @@ def ppo_clip_loss(
             "ratio_mean": float((ratio * m).sum() / tokens),
         }
     return loss, metrics
+
+
+def tis_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance-sampling weights min(exp(old - sampler), cap), per token, detached.
+
+    The ratio corrects the PG term for sampling from the sampler's distribution rather than the
+    trainer's (see the module docstring); the cap bounds the variance that a token the sampler
+    found much less likely than the trainer would otherwise add. Only the upper side is
+    truncated: a weight below 1 (the sampler over-sampled the token) is kept, as in verl and TRL.
+
+    Args:
+        old_logprobs: (B, T) the trainer's log-probs of the sampled tokens under the weights that
+            sampled (no grad is taken through them).
+        sampler_logprobs: (B, T) the sampler's log-probs of the same tokens, at the same
+            temperature.
+        cap: the truncation C >= 1.
+    Returns:
+        weights: (B, T) float, no grad; 1 where the two log-probs agree.
+        truncated: (B, T) bool, the tokens whose ratio exceeded the cap.
+    """
+    ratio = torch.exp((old_logprobs.detach() - sampler_logprobs.detach()).float())
+    return ratio.clamp(max=cap), ratio > cap
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "low_var_kl") -> torch.Tensor:
@@ -154,19 +187,40 @@ def policy_loss(
     kl_coef: float = 0.0,
     kl_estimator: str = "low_var_kl",
     agg_mode: str = "token-mean",
+    sampler_logprobs: Optional[torch.Tensor] = None,
+    tis_cap: Optional[float] = None,
     **agg_kwargs: Optional[float],
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """-J(theta) = PPO-clip loss + beta * KL to the reference, both aggregated the same way.
+    """-J(theta) = PPO-clip loss (each token's term weighted by TIS when `tis_cap` is set) + beta
+    * KL to the reference, both aggregated the same way.
 
     Args:
         ref_logprobs: (B, T), or None when kl_coef == 0.
+        sampler_logprobs: (B, T) the sampler's log-probs of the sampled tokens; needed when
+            `tis_cap` is set.
+        tis_cap: the TIS cap C (see `tis_weights`), or None for the plain loss.
         Others: see `ppo_clip_loss` and `kl_penalty`.
     Returns:
-        loss: () scalar; metrics: pg_loss, kl, and the PPO metrics.
+        loss: () scalar; metrics: pg_loss, kl, the PPO metrics and, with TIS, tis_weight_mean
+            (mean weight) and tis_clip_frac (share of tokens truncated at the cap), over masked
+            tokens.
     """
+    weights = None
+    tis_metrics = {}
+    if tis_cap is not None:
+        if sampler_logprobs is None:
+            raise ValueError("tis_cap needs the sampler's log-probs")
+        weights, truncated = tis_weights(old_logprobs, sampler_logprobs, tis_cap)
+        m = mask.float()
+        tokens = m.sum().clamp(min=1.0)
+        tis_metrics = {
+            "tis_weight_mean": float((weights * m).sum() / tokens),
+            "tis_clip_frac": float((truncated.float() * m).sum() / tokens),
+        }
     pg_loss, metrics = ppo_clip_loss(
-        logprobs, old_logprobs, advantages, mask, clip_ratio, clip_ratio_dual, agg_mode, **agg_kwargs
+        logprobs, old_logprobs, advantages, mask, clip_ratio, clip_ratio_dual, agg_mode, weights, **agg_kwargs
     )
+    metrics.update(tis_metrics)
     loss = pg_loss
     metrics["pg_loss"] = float(pg_loss.detach())
     if kl_coef > 0:
