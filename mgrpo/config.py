@@ -295,16 +295,19 @@ class RolloutConfig:
     logits_chunk_tokens: int = 1024
     """Response tokens whose logits exist at once (tokens x vocab floats): the LM head and the
     log-softmax run over this many tokens at a time, and are recomputed in the backward pass."""
-    max_logprob_drift: float = 0.1
-    """Stale-weight guard: the run stops when, right after a weight hand-off, the mean |sampler
-    log-prob - trainer log-prob| per response token exceeds this (nats). Identical float32 weights
-    give about 1e-6 and bf16 engines about 1e-2; stale weights give 0.2 to 1.6 (measured)."""
+    max_logprob_drift: Optional[float] = None
+    """Removed; setting it is an error. The run no longer stops on a numeric threshold, which bf16
+    kernels on GPUs can cross on a correct hand-off: every hand-off is checked against the
+    engine's own copy of the weights instead (`mgrpo.rollout.handoff`, always on), and the
+    sampler-vs-trainer gap is logged as train/rollout_logprob_drift(_momentum), and corrected in
+    the loss with algo.tis_cap."""
     engine_weights: str = "shared"
     """For engines that hold their own weights (vLLM; HF on several ranks). shared: one engine per
     rank whose weights are swapped between policy and momentum (one copy of the weights and one
     KV cache; 2 hand-offs per step) | separate: one engine per role (also 2 hand-offs per step:
     the policy's after the update, the momentum's after the EMA; twice the memory). See
-    mgrpo/rollout/vllm.py for the trade-off at Qwen3-4B scale."""
+    mgrpo/rollout/vllm.py for the trade-off at Qwen3-4B scale). separate with vLLM needs
+    vllm_sleep_mode=false: vLLM allows one sleep-mode engine per process."""
     vllm_gpu_memory_utilization: float = 0.3
     """Fraction of GPU memory each vLLM engine may take (weights + KV cache); GPUs only."""
     vllm_kv_cache_gb: Optional[float] = None
@@ -315,7 +318,9 @@ class RolloutConfig:
     vllm_enforce_eager: bool = False
     """Skip CUDA-graph capture (slower generation, faster start, less memory)."""
     vllm_sleep_mode: bool = True
-    """Free the engine's KV cache and weights during the update (GPUs; a no-op on CPU)."""
+    """Free the engine's KV cache and weights (sleep level 2: discarded, reloaded by the next
+    hand-off) during the update (GPUs; a no-op on CPU). vLLM allows one sleep-mode engine per
+    process, so it needs engine_weights=shared."""
 
 
 @dataclass

@@ -143,9 +143,21 @@ def validate(cfg: Config) -> None:
     for key in ("max_new_tokens", "max_prompt_tokens", "eval_batch_size", "score_chunk_size", "logits_chunk_tokens", "vllm_tensor_parallel_size"):
         if getattr(r, key) < 1:
             _fail(f"rollout.{key}", getattr(r, key), "must be >= 1")
-    if not r.max_logprob_drift > 0:
-        _fail("rollout.max_logprob_drift", r.max_logprob_drift, "must be > 0 (nats per token)")
+    if r.max_logprob_drift is not None:
+        raise ConfigError(
+            f"rollout.max_logprob_drift={r.max_logprob_drift!r}: this setting was removed. Stale weights are now caught "
+            "by checking the engine's own copy of the weights after every hand-off (always on), and the sampler-vs-"
+            "trainer log-prob gap is only logged (train/rollout_logprob_drift); to correct for it in the loss, use "
+            "algo.tis_cap (e.g. algo.tis_cap=2). Remove rollout.max_logprob_drift from the command or preset."
+        )
     _one_of("rollout.engine_weights", r.engine_weights, ENGINE_WEIGHTS)
+    if r.engine == "vllm" and r.engine_weights == "separate" and r.vllm_sleep_mode:
+        _fail(
+            "rollout.engine_weights", r.engine_weights,
+            "with rollout.vllm_sleep_mode=true it would build two sleep-mode vLLM engines in one process, and vLLM "
+            "allows one (vLLM issue 18975). Use rollout.engine_weights=shared (one engine swaps the two roles' weights: "
+            "the same 2 hand-offs per step, half the memory), or keep separate engines with rollout.vllm_sleep_mode=false",
+        )
     if not 0 < r.vllm_gpu_memory_utilization <= 1:
         _fail("rollout.vllm_gpu_memory_utilization", r.vllm_gpu_memory_utilization, "must be in (0, 1]")
     if r.vllm_kv_cache_gb is not None and not r.vllm_kv_cache_gb > 0:

@@ -94,7 +94,7 @@ def build_engine(cfg: Config, model_path: str, tokenizer):
     else:
         model = torch.nn.Module()  # vLLM loads model_path itself; the slot only needs to be non-empty
         context = nullcontext
-    return build_engines(cfg.rollout, ranks, {"policy": model}, tokenizer, model_path, dtype, context, t.seed)
+    return build_engines(cfg.rollout, ranks, {"policy": model}, tokenizer, model_path, dtype, context, t.seed, chat_template=cfg.data.chat_template)
 
 
 def run_benchmark(engine, tokenizer, benchmark: Benchmark, cfg: Config, step: int, equivalence, progress) -> BenchmarkResult:

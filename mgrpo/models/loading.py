@@ -11,10 +11,10 @@ the directory. Loading failures name the path and the config key to change.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mgrpo.models.bpe import ensure_tiny_bpe_model
 from mgrpo.models.tiny import ensure_tiny_base_model
@@ -75,6 +75,15 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
             raise ModelLoadError(f"the tokenizer has neither a pad nor an EOS token; {_hint(path)}")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_generation_config(path: str) -> Optional[GenerationConfig]:
+    """The checkpoint's generation_config.json (its EOS list decides where responses stop, with
+    the tokenizer's EOS: `mgrpo.rollout.stops`), or None when the checkpoint has none."""
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None
 
 
 def load_causal_lm(path: str, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:

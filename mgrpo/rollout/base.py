@@ -7,12 +7,14 @@ depend on which rank holds it, on the other prompts of the batch, or on the engi
 
 Every engine returns a `Rollouts`: token ids laid out as [left-padded prompt | right-padded
 response], the masks, the response texts, and the log-probs the sampler drew each token with, at
-the sampling temperature. The trainer compares those with its own forward pass
-(`train/rollout_logprob_drift`), which is how stale weights in an engine show up.
+the sampling temperature. The trainer compares those with its own forward pass and logs the gap
+(`train/rollout_logprob_drift`); stale weights are caught by the hand-off itself
+(`mgrpo.rollout.handoff`). Where a response ends is `mgrpo.rollout.stops.stop_token_ids`.
 
 Weights: an engine either shares a model object with the trainer (the HF engine on one rank:
 nothing to hand off) or keeps its own copy, which `load_weights` replaces from (name, full
-tensor) pairs in Hugging Face naming (see `mgrpo.rollout.handoff`).
+tensor) pairs in Hugging Face naming, and which `weight_checksums` reads back (see
+`mgrpo.rollout.handoff`).
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ class Rollouts:
     sequences: torch.Tensor
     """(B, P + R) long: left-padded prompt tokens followed by right-padded response tokens."""
     attention_mask: torch.Tensor
-    """(B, P + R) long: 1 on real prompt tokens and on response tokens up to and including EOS."""
+    """(B, P + R) long: 1 on real prompt tokens and on response tokens up to and including the
+    first stop token."""
     response_mask: torch.Tensor
-    """(B, R) bool: the response tokens that count (up to and including the first EOS)."""
+    """(B, R) bool: the response tokens that count: up to and including the first stop token (the
+    EOS, or another id of `mgrpo.rollout.stops.stop_token_ids`, e.g. the chat template's
+    end-of-turn token)."""
     group_ids: torch.Tensor
     """(B,) long: index of each sample's prompt in the prompt list."""
     texts: list[str]
@@ -96,9 +101,17 @@ class RolloutEngine(Protocol):
     shares_weights: bool
     """True when the engine samples from the trainer's own model object (no hand-off needed)."""
 
+    checked_weights: dict[str, torch.dtype]
+    """HF name -> dtype of the weights whose own copy the engine can read back bit for bit: what
+    the stale-weight check after each hand-off compares (`mgrpo.rollout.handoff`)."""
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the engine's weights with these (HF name, full tensor) pairs, consumed one at a
         time, and drop anything computed with the old weights (e.g. a prefix cache)."""
+
+    def weight_checksums(self, names: Sequence[str]) -> dict[str, int]:
+        """name -> `mgrpo.rollout.handoff.tensor_checksum` of the engine's own copy of each of these
+        weights (names of `checked_weights`), as it holds them now."""
 
     def generate(
         self,
@@ -138,19 +151,30 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch
     return ids, mask
 
 
-def response_mask_from_tokens(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """Tokens up to and including the first EOS (all tokens when there is none).
+def response_mask_from_tokens(responses: torch.Tensor, stop_ids: int | Sequence[int]) -> torch.Tensor:
+    """Tokens up to and including the first stop token (all tokens when there is none).
 
-    Works when the pad token equals EOS, since it looks only at positions.
+    Works when the pad token is a stop token, since it looks only at positions.
 
     Args:
         responses: (B, R) generated token ids.
+        stop_ids: one stop id (EOS) or the set (`mgrpo.rollout.stops.stop_token_ids`).
     Returns:
         (B, R) bool.
     """
-    is_eos = responses == eos_token_id
-    eos_before = torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()
-    return eos_before == 0
+    ids = torch.tensor([stop_ids] if isinstance(stop_ids, int) else list(stop_ids), dtype=responses.dtype)
+    is_stop = torch.isin(responses, ids).long()
+    stops_before = torch.cumsum(is_stop, dim=-1) - is_stop
+    return stops_before == 0
+
+
+def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """`tokens` up to and including the first stop id (all of them when there is none)."""
+    stops = set(stop_ids)
+    for i, token in enumerate(tokens):
+        if token in stops:
+            return list(tokens[: i + 1])
+    return list(tokens)
 
 
 def pad_responses(token_lists: list[list[int]], pad_token_id: int) -> torch.Tensor:
@@ -167,14 +191,16 @@ def assemble_rollouts(
     n: int,
     responses: list[list[int]],
     tokenizer,
+    stop_ids: Sequence[int],
     sampler_logprobs: Optional[list[list[float]]] = None,
     sampler_entropy: Optional[list[list[float]]] = None,
     sampler_self_certainty: Optional[list[list[float]]] = None,
 ) -> Rollouts:
     """A `Rollouts` from each sample's response token ids (row i * n + j is sample j of prompt i),
-    cut after the first EOS. Every engine ends here, so all lay their batches out alike."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    cut = [r[: r.index(eos) + 1] if eos in r else list(r) for r in responses]
+    cut after the first of `stop_ids` (`mgrpo.rollout.stops.stop_token_ids`), which counts as a
+    response token, as EOS always has. Every engine ends here, so all lay their batches out alike."""
+    cut = [cut_at_stop(r, stop_ids) for r in responses]
+    pad = tokenizer.pad_token_id
     response_ids = pad_responses(cut, pad)
     response_mask = pad_responses([[1] * len(r) for r in cut], 0).bool()
     prompt_ids, prompt_mask = left_pad(prompts, pad)

@@ -24,6 +24,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from mgrpo.algos.self_certainty import self_certainty_from_log_probs
 from mgrpo.rollout.base import Rollouts, assemble_rollouts, left_pad, sample_seed_of
+from mgrpo.rollout.handoff import tensor_checksum
+from mgrpo.rollout.stops import stop_token_ids
 
 _TINY = torch.finfo(torch.float32).tiny
 NOISE_BLOCK_BYTES = 64 * 2**20
@@ -87,6 +89,7 @@ class HFRolloutEngine:
         batch_size: int = 1024,
         shares_weights: bool = True,
         compute_context: Optional[Callable[[], AbstractContextManager]] = None,
+        stop_ids: Optional[Sequence[int]] = None,
     ) -> None:
         """
         Args:
@@ -94,14 +97,25 @@ class HFRolloutEngine:
             batch_size: rows per `generate` call.
             shares_weights: False when `model` is the engine's own copy, refreshed by load_weights.
             compute_context: entered around generation, e.g. bf16 autocast over fp32 weights.
+            stop_ids: the ids a response ends at (`mgrpo.rollout.stops.stop_token_ids`; the
+                trainer passes the run's). None: the tokenizer's and the model's generation
+                config's EOS, for prompts without a chat template.
         """
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.shares_weights = shares_weights
         self.compute_context = compute_context or nullcontext
+        if stop_ids is None:
+            stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None), chat_template=False)
+        self.stop_ids = list(stop_ids)
         # The real vocabulary: the LM head may be padded past it (see mgrpo.algos.self_certainty).
         self.vocab_size = len(tokenizer)
+
+    @property
+    def checked_weights(self) -> dict[str, torch.dtype]:
+        """Every parameter: the engine's copy is the HF model itself, read back as it is."""
+        return {name: p.dtype for name, p in self.model.named_parameters()}
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -110,6 +124,10 @@ class HFRolloutEngine:
             if name not in params:
                 raise KeyError(f"the engine's model has no parameter {name!r}")
             params[name].copy_(tensor)
+
+    def weight_checksums(self, names: Sequence[str]) -> dict[str, int]:
+        params = dict(self.model.named_parameters())
+        return {name: tensor_checksum(params[name]) for name in names if name in params}
 
     @torch.no_grad()
     def generate(
@@ -127,7 +145,7 @@ class HFRolloutEngine:
             num_beams=1,
             max_new_tokens=max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.stop_ids,
         )
         was_training = self.model.training
         self.model.eval()
@@ -155,4 +173,4 @@ class HFRolloutEngine:
                     entropies += torch.stack(sampler.entropies, dim=1).tolist()
                     self_certainties += torch.stack(sampler.self_certainties, dim=1).tolist()
         self.model.train(was_training)
-        return assemble_rollouts(prompts, n, responses, self.tokenizer, logprobs, entropies, self_certainties)
+        return assemble_rollouts(prompts, n, responses, self.tokenizer, self.stop_ids, logprobs, entropies, self_certainties)

