@@ -95,6 +95,26 @@ def test_extract_answer_none(text: str) -> None:
         # removing only "$" used to leave a stray backslash ("\\36").
         ("\\$36", "36"),
         ("\\$ 18.90", "18.90"),
+        # Spaces that keep tokens apart stay (one space); the rest go.
+        ("32, 349", "32, 349"),  # the set {32, 349}; "32,349" is the number 32349
+        ("32 ,349", "32 ,349"),
+        ("32 , 349", "32 , 349"),
+        ("32,349", "32,349"),
+        ("10,\\! 080", "10,080"),  # math-verify drops "\\!" and the spaces after it
+        ("10 {,} 080", "10 {,} 080"),
+        ("(1, 2)", "(1,2)"),  # no three-digit group after the comma: nothing can merge
+        ("(1, 2000)", "(1,2000)"),
+        ("28 percent", "28 percent"),  # not the product "28percent"
+        ("28 \\%", "28\\%"),
+        ("\\pi  r^2", "\\pi r^2"),  # not the command "\\pir"
+        ("x = -5,\\ p = \\frac{14}{3}", "x=-5,p=\\frac{14}{3}"),  # "\\ " is a space, not "\\p"
+        ("1 \\\\ x", "1\\\\ x"),  # a line break and x, not "\\x"
+        ("\\text{no  solution}", "\\text{no solution}"),
+        ("2\\cdot 5", "2\\cdot 5"),
+        ("\\frac 59", "\\frac59"),  # math-verify reads both as 5/9
+        ("\\sqrt 3", "\\sqrt3"),
+        ("1 .5", "1 .5"),
+        ("x = .5", "x=.5"),
     ],
 )
 def test_normalize_answer(raw: str, expected: str) -> None:
@@ -266,7 +286,10 @@ def test_value_helpers_by_hand() -> None:
 
 
 def _spaced(gold: str) -> str:
-    return " " + gold.replace(",", ", ").replace("+", " + ").replace("=", " = ") + " "
+    """`gold` with spaces that change nothing: not after a thousands separator ("10,\\!080" is
+    10080, "10, \\!080" the set {10, 80})."""
+    spaced = re.sub(r",(?!(?:\\!)?\s*\d{3}(?!\d))", ", ", gold)
+    return " " + spaced.replace("+", " + ").replace("=", " = ") + " "
 
 
 def test_math500_boxed_round_trip(math500_golds: list[str]) -> None:

@@ -35,7 +35,7 @@ JUNK = [
     "3.5E+12345",
     "10^{99999}",
     "2^{-123456}",
-    "1" * 40,
+    "12+" * 12,
     "\\frac{1}{2}" * 10,
     "x + " * 60 + "1",
     "(" * 250,
@@ -44,6 +44,16 @@ JUNK = [
 
 
 LONGEST_ALLOWED = "+".join(f"x_{{{k}}}" for k in range(60))[:MAX_ANSWER_CHARS]
+# Long but legitimate numbers (not junk): powers of ten written out, repunits, repeating decimals.
+LONG_NUMBERS = [
+    "1000000000000000",
+    "1" + "0" * 40,
+    "1,000,000,000,000,000,000,000,000,000",
+    "1" * 40,
+    "0.142857142857142857",
+    "0." + "142857" * 8,
+    "0." + "3" * 40,
+]
 
 
 def math_verify_reference(gold: str, pred: str) -> bool:
@@ -192,10 +202,18 @@ def test_junk(answer: str) -> None:
 
 @pytest.mark.parametrize(
     "answer",
-    ["2^{2007}", "10^{9999}", "1000000", "11,111,111,100", "1.5e300", "0.\\overline{3}", LONGEST_ALLOWED],
+    ["2^{2007}", "10^{9999}", "1000000", "11,111,111,100", "1.5e300", "0.\\overline{3}", LONGEST_ALLOWED, *LONG_NUMBERS],
 )
 def test_not_junk(answer: str) -> None:
     assert not is_junk_answer(answer)
+
+
+def test_long_numbers_inside_junk_are_still_junk() -> None:
+    # Only a repetition within the digits of one number is exempt.
+    assert is_junk_answer("(" + "1," * 16 + "1)")
+    assert is_junk_answer("x^{" + "1" * 40 + "}")  # an absurd exponent
+    assert is_junk_answer("1" * (MAX_ANSWER_CHARS + 1))  # the length limit holds for numbers too
+    assert is_junk_answer("121 E922011")  # spacing does not hide junk
 
 
 def test_length_limit() -> None:
@@ -215,6 +233,61 @@ def test_junk_is_rejected_without_math_verify(equiv: AnswerEquivalence) -> None:
         assert equiv("(1, 2)", junk) is False
     assert time.monotonic() - start < 0.5  # 20 comparisons, none sent to math-verify
     assert equiv(JUNK[0], JUNK[0]) is True  # identical strings are still equal
+
+
+# ---------------------------------------------------------------- spacing: as math-verify reads it
+
+
+def math_verify_as_written(gold: str, pred: str) -> bool:
+    """Plain math-verify on the answers exactly as written (only wrapped in ``$...$``)."""
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    gp, pp = parse(f"${gold}$", parsing_timeout=None), parse(f"${pred}$", parsing_timeout=None)
+    return bool(gp and pp and verify(gp, pp, timeout_seconds=5))
+
+
+SPACING_CASES = [
+    # A space after a comma before three digits splits a number in two: a two-element answer
+    # is not the concatenated number (stripping every space used to make "32, 349" = 32349).
+    ("32, 349", "32349", False),
+    ("32349", "32, 349", False),
+    ("32 ,349", "32349", False),
+    ("1, 234, 567", "1234567", False),
+    ("32, 349", "349, 32", True),
+    ("32, 349", "\\{32,349\\}", True),
+    ("32,349", "32349", True),
+    ("32{,}349", "32349", True),
+    ("10,\\! 080", "10080", True),
+    # Percent forms: "28 percent" is math-verify's "28\\%" ("28percent" was a product of letters).
+    ("28\\%", "28 percent", True),
+    ("28 percent", "28\\%", True),
+    ("28%", "28 percent", True),
+    ("28 percent", "0.28", True),
+    ("28 percentage", "28\\%", True),
+    ("28 pct", "28\\%", True),
+    # LaTeX's control space "\\ " is a space ("\\p" was a command, and the pair a single -5).
+    ("x = -5,\\ p = \\frac{14}{3}", "x=-5, p=\\frac{14}{3}", True),
+    ("x = -5,\\ p = \\frac{14}{3}", "-5, \\frac{14}{3}", True),
+    ("x=-5,p=\\frac{14}{3}", "x = -5,\\ p = \\frac{15}{3}", False),
+    ("5\\ \\text{cm}", "5", True),
+    ("\\pi r^2", "r^2\\pi", True),
+    # Long but legitimate numbers are compared, not rejected as junk.
+    ("1" + "0" * 40, "10^{40}", True),
+    ("1" + "0" * 40, "10^{41}", False),
+    ("1,000,000,000,000,000,000,000,000,000", "10^{27}", True),
+    ("1" * 40, "\\frac{10^{40}-1}{9}", True),
+    ("0." + "142857" * 8, "\\frac{1}{7}", True),
+    ("0." + "3" * 40, "\\frac{1}{3}", True),
+    ("1000000000000000", "10^{15}", True),
+]
+
+
+@pytest.mark.parametrize("gold, pred, expected", SPACING_CASES)
+def test_spacing_as_math_verify_reads_it(equiv: AnswerEquivalence, gold: str, pred: str, expected: bool) -> None:
+    """The grader's verdict is math-verify's on the answers as written (checked here)."""
+    assert math_verify_as_written(gold, pred) is expected
+    assert equiv(gold, pred) is expected
 
 
 # ---------------------------------------------------------------- Hendrycks-style fallback

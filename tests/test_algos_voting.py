@@ -211,13 +211,31 @@ def test_label_none_iff_no_votes_or_low_share(samples, min_share) -> None:
 
 def test_junk_answers_do_not_vote() -> None:
     # A collapsing policy's junk (an absurd exponent, a runaway repetition) counts as no answer.
-    answers = ["121E922011", "121E922011", "1" * 40, "5", "5", None]
+    answers = ["121E922011", "121E922011", "12+" * 12, "5", "5", None]
     result = majority_vote(answers, [0] * 6, fraction_equiv)
     assert result.groups[0] == GroupVote(label="5", vote_share=1.0, num_votes=2, num_classes=1, num_junk=3)
     assert result.agrees == [False, False, False, True, True, False]
     # A junk non-voter never agrees either; only voters count towards num_junk.
     result = majority_vote(["5", "121E922011"], [0, 0], fraction_equiv, voters=[True, False])
     assert result.groups[0].num_junk == 0 and result.agrees == [True, False]
+
+
+def test_long_numbers_vote(real_equiv) -> None:
+    # A power of ten written out is an answer, not junk: it votes, and it wins here.
+    ten_to_40 = "1" + "0" * 40
+    result = majority_vote([ten_to_40, ten_to_40, "10^{40}", "5", "5"], [0] * 5, real_equiv)
+    assert result.groups[0] == GroupVote(label=ten_to_40, vote_share=0.6, num_votes=5, num_classes=2, num_junk=0)
+    assert result.agrees == [True, True, True, False, False]
+
+
+def test_spacing_that_splits_an_answer_splits_its_class(real_equiv) -> None:
+    # "32, 349" is the two-element answer {32, 349}, not the number 32349 (math-verify's
+    # reading): they are two classes, and the spellings of each class stay together.
+    answers = ["32, 349", "349, 32", "32349", "32,349", "28 percent", "28\\%"]
+    result = majority_vote(answers, [0, 0, 0, 0, 1, 1], real_equiv)
+    assert result.groups[0] == GroupVote(label="32, 349", vote_share=0.5, num_votes=4, num_classes=2)
+    assert result.agrees[:4] == [True, True, False, False]
+    assert result.groups[1] == GroupVote(label="28 percent", vote_share=1.0, num_votes=2, num_classes=1)
 
 
 # ---------------------------------------------------------------- batched clustering
@@ -329,7 +347,7 @@ def _math500_candidates() -> list[str]:
         value = _value(gold)
         if value is not None:
             out += [str(float(value)), f"{value.numerator}/{value.denominator}", str(value + 1)]
-    return out + ["121E922011", "1" * 40]
+    return out + ["121E922011", "12+" * 12]
 
 
 MATH500_CANDIDATES = _math500_candidates()
@@ -370,7 +388,7 @@ def test_junk_heavy_step_is_fast(real_equiv) -> None:
     """8 prompts x 32 samples, half of them junk: the vote returns at once (the benchmark,
     benchmarks/vote_scaling.py, measures it; this is only a sanity bound)."""
     rng = random.Random(1)
-    junk = ["121E922011", "7E922011", "10^{99999}", "1e5000", "1" * 60, "\\frac{1}{2}" * 12, "x+" * 120]
+    junk = ["121E922011", "7E922011", "10^{99999}", "1e5000", "12+" * 20, "\\frac{1}{2}" * 12, "x+" * 120]
     normal = ["5", "\\frac{1}{2}", "0.5", "\\sqrt{2}", "(1,2)", "7"]
     answers = [rng.choice(junk) if rng.random() < 0.5 else rng.choice(normal) for _ in range(256)]
     real_equiv("\\sqrt{2}", "\\sqrt{3}")  # the worker is running before the clock starts

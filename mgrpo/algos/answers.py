@@ -6,12 +6,17 @@ Extraction takes the *last* final-answer marker of a response: ``\\boxed{...}`` 
 Equivalence means math-verify's verdict (gold/reference first), reached as cheaply as possible
 (`mgrpo.algos.grader.AnswerEquivalence` runs the whole chain). Each pair goes through, in order:
 
-1. **Identical** normalised strings (`normalize_answer`) are equal.
+1. **Identical** normalised strings (`normalize_answer`) are equal. The normal form keeps a space
+   wherever math-verify would read the answer differently without it (``32, 349`` is a set,
+   ``32,349`` a number; ``28 percent`` is ``28\\%``, ``28percent`` a product of letters), and
+   drops the rest: spacing that cannot change math-verify's reading never makes answers differ.
 2. **Junk guard** (`is_junk_answer`): an answer longer than `MAX_ANSWER_CHARS` (200) once
    normalised, with an absurd exponent (scientific notation with a 4+ digit exponent such as
    ``121E922011`` or ``1e5000``; a power with a 5+ digit exponent such as ``10^{99999}``), or a
-   runaway repetition (a unit of at most 16 characters repeated 8+ times over 32+ characters)
-   is equivalent to nothing but itself. math-verify's parser alone takes 43 s on ``121E922011``.
+   runaway repetition (a unit of at most 16 characters repeated 8+ times over 32+ characters,
+   other than within the digits of one number: ``10^{40}`` written out, ``1,000,000,...``, or a
+   repeating decimal ``0.142857142857...`` are answers, which math-verify compares quickly) is
+   equivalent to nothing but itself. math-verify's parser alone takes 43 s on ``121E922011``.
    The vote goes further and counts a junk answer as *no answer* (`mgrpo.algos.voting`).
    Extraction has no guard (gold answers go through it), and no MATH-500 gold is junk (tested
    on all 500: the longest has 47 characters; the largest exponent in MATH's test set is 2007).
@@ -107,34 +112,85 @@ def extract_answer(text: str) -> Optional[str]:
     return answer or None
 
 
+# LaTeX's control space "\ " (math-verify's own rule: not after another backslash) and "\!" with the
+# whitespace after it (math-verify removes both so): "x = -5,\ p" is "x = -5, p".
+_CONTROL_SPACE_RE = re.compile(r"(?<!\\)\\\s")
+_NEGATIVE_SPACE_RE = re.compile(r"\\!\s*")
+# A comma (or "{,}") between a digit and a group of exactly three digits, with the whitespace
+# around it; else a run of whitespace. latex2sympy reads "32,349" (and "32{,}349") as 32349,
+# but "32, 349" and "32 ,349" as the set {32, 349}.
+_SPACING_RE = re.compile(r"(?<=\d)(?P<pre>\s*)(?P<sep>,|\{\s*,\s*\})(?P<post>\s*)(?=\d{3}(?!\d))|(?P<space>\s+)")
+_TOKEN_CHAR_RE = re.compile(r"[\w.]")
+# After "\frac" and "\sqrt", math-verify reads "\frac 59" as "\frac59" and "\sqrt 3" as "\sqrt3"
+# (its `\frac\s?(\d)` and `\sqrt\s?(\d)` rules), so the space before a digit may go there; after
+# another command it may not ("2\cdot 5" parses, "2\cdot5" does not).
+_DIGIT_ARGUMENT_COMMAND_RE = re.compile(r"\\(?:frac|sqrt)$")
+
+
+def _respace(match: re.Match) -> str:
+    """The normal form of one `_SPACING_RE` match in `match.string` (see `normalize_answer`)."""
+    if match["space"] is None:
+        sep = "," if match["sep"] == "," else "{,}"
+        return (" " if match["pre"] else "") + sep + (" " if match["post"] else "")
+    text, start, end = match.string, match.start(), match.end()
+    before, after = text[start - 1 : start], text[end : end + 1]
+    if _TOKEN_CHAR_RE.match(before) and _TOKEN_CHAR_RE.match(after):
+        return "" if after.isdigit() and _DIGIT_ARGUMENT_COMMAND_RE.search(text, 0, start) else " "
+    return " " if before == "\\" and after.isalpha() else ""  # "\\ x" (a line break, x) is not "\\x"
+
+
 @functools.lru_cache(maxsize=65536)
 def normalize_answer(answer: str) -> str:
-    """Cheap canonical form for the identical-string fast path: no whitespace, no ``$`` or
-    ``\\$``, no ``\\left``/``\\right`` (whole commands only: ``\\leftarrow`` stays),
-    ``\\dfrac``/``\\tfrac`` as ``\\frac``."""
-    s = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", answer).replace("\\!", "")
+    """Canonical form of an answer, for the identical-string fast path and for math-verify (which
+    is given this form): no ``$`` or ``\\$``, no ``\\left``/``\\right`` (whole commands only:
+    ``\\leftarrow`` stays), no ``\\!``, ``\\dfrac``/``\\tfrac`` as ``\\frac``, the control space
+    ``\\ `` as a space; then each run of whitespace is dropped, or kept as one space where it
+    separates tokens that would otherwise merge (math-verify reads the two spellings differently):
+
+    - between two of letters, digits, ``_`` and ``.``: ``28 percent`` (math-verify reads
+      ``\\bpercent\\b`` as ``\\%``; ``28percent`` is a product of letters), ``\\pi r``, ``32 349``,
+      ``\\text{no solution}``; except before a digit right after ``\\frac`` or ``\\sqrt``;
+    - between a backslash and a letter: ``\\\\ x`` is not ``\\\\x``;
+    - on either side of a comma between a digit and a group of exactly three digits: ``32, 349``
+      and ``32 ,349`` are the set {32, 349}, ``32,349`` the number 32349.
+    """
+    s = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", answer)
+    s = _NEGATIVE_SPACE_RE.sub("", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\$", "").replace("$", "")
-    return re.sub(r"\s+", "", s)
+    s = _CONTROL_SPACE_RE.sub(" ", s).strip()
+    return _SPACING_RE.sub(_respace, s)
 
 
 # ---------------------------------------------------------------- junk guard
 
 _HUGE_EXPONENT_RE = re.compile(r"\d\.?[eE][+-]?\d{4,}|\^\{?[+-]?\d{5,}")
 _REPEAT_RE = re.compile(r"(.{1,16}?)\1{7,}")
+_NUMBER_RE = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|\.\d+")
+
+
+def _inside_a_number(numbers: list[tuple[int, int]], start: int, end: int) -> bool:
+    return any(lo <= start and end <= hi for lo, hi in numbers)
 
 
 @functools.lru_cache(maxsize=65536)
 def is_junk_normalised(normalised: str) -> bool:
-    if len(normalised) > MAX_ANSWER_CHARS:
+    """`is_junk_answer` of a `normalize_answer` form. Its whitespace is ignored, so that no
+    spacing turns junk ("121 E922011") into an answer or an answer into junk."""
+    compact = re.sub(r"\s+", "", normalised)
+    if len(compact) > MAX_ANSWER_CHARS:
         return True
-    if _HUGE_EXPONENT_RE.search(normalised):
+    if _HUGE_EXPONENT_RE.search(compact):
         return True
-    return any(m.end() - m.start() >= 32 for m in _REPEAT_RE.finditer(normalised))
+    numbers = [m.span() for m in _NUMBER_RE.finditer(compact)]
+    return any(
+        m.end() - m.start() >= 32 and not _inside_a_number(numbers, m.start(), m.end()) for m in _REPEAT_RE.finditer(compact)
+    )
 
 
 def is_junk_answer(answer: str) -> bool:
     """True for an answer no comparison should spend time on (see the module docstring, rule 2):
-    longer than `MAX_ANSWER_CHARS` once normalised, an absurd exponent, or a runaway repetition."""
+    longer than `MAX_ANSWER_CHARS` once normalised, an absurd exponent, or a runaway repetition
+    that is not the digits of one number."""
     return is_junk_normalised(normalize_answer(answer))
 
 
