@@ -233,18 +233,13 @@ def run_check(args: argparse.Namespace, report: Report) -> bool:
 
     cfg_overrides = overrides(args, model_dir, problems, run_dir)
     cfg = compose_config(cfg_overrides)
-    guard = getattr(cfg.rollout, "max_logprob_drift", None)
-    if guard is not None:
-        # Measured and reported against the preset's limit instead of stopping the step, so one
-        # run gives both the drift of bf16 engine vs bf16 trainer and the update's memory.
-        cfg.rollout.max_logprob_drift = float("inf")
     validate(cfg)
     a = cfg.algo
     report.data["run"] = {
         "overrides": cfg_overrides, "G": a.num_rollouts, "N_momentum": a.resolved_num_momentum_rollouts(),
         "M_policy": a.num_policy_rollouts(), "prompts_per_step": args.prompts, "prompt_tokens": args.prompt_tokens,
         "response_tokens": args.response_tokens, "micro_batch_size": cfg.optim.micro_batch_size, "dtype": cfg.model.dtype,
-        "gradient_checkpointing": cfg.model.gradient_checkpointing, "preset_drift_guard": guard,
+        "gradient_checkpointing": cfg.model.gradient_checkpointing,
     }
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, None, enabled=False)
 
@@ -262,7 +257,7 @@ def run_check(args: argparse.Namespace, report: Report) -> bool:
         tensors = tensor_summary(trainer, seen)
         report.data.update(step_seconds=probe.phases["step"]["seconds"], metrics=metrics, tensors=tensors)
         report.data["rollouts"] = {role: rollout_summary(r, cfg.rollout.max_new_tokens) for role, r in seen["rollouts"].items()}
-        report.data["observations"] = observations(metrics, guard, probe)
+        report.data["observations"] = observations(metrics, probe)
         budget = budget_rows(args, cfg, seen, tensors, probe)
         report.data["budget"] = budget
         checks = checks_of(args.shape, written, trainer, cfg, seen, tensors, metrics, budget)
@@ -292,12 +287,11 @@ def rollout_summary(rollouts, max_new_tokens: int) -> dict:
     }
 
 
-def observations(metrics: dict, guard, probe: PhaseProbe) -> dict:
-    """Measured, not judged: the sampler-vs-trainer log-prob drift (and mismatch or TIS metrics,
-    where the trainer logs them) beside the preset's stale-weight limit, where it has one (random
-    weights: a hint about bf16 kernels, not a measurement for trained weights)."""
+def observations(metrics: dict, probe: PhaseProbe) -> dict:
+    """Measured, not judged: the sampler-vs-trainer log-prob drift (bf16 HF engine vs bf16 FSDP
+    trainer; with random weights a hint about the kernels, not a number for trained weights) and
+    any mismatch or TIS metric the trainer logs, and the step's peak memory."""
     out = {key: value for key, value in metrics.items() if any(word in key for word in ("drift", "mismatch", "tis_"))}
-    out["preset_drift_guard"] = guard
     out["step_peak_allocated_gb"] = round(probe.phases["step"]["peak_allocated_bytes"] / 1e9, 3)
     return out
 
