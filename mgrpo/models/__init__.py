@@ -2,6 +2,8 @@
 
 - `mgrpo.models.tiny`: character tokenizer, tiny Qwen3 LM, and the cached supervised build of
   a decent-but-imperfect base model (`ensure_tiny_base_model`);
+- `mgrpo.models.tiny_bases`: the bases shipped with the package (seeds 0-5 of the default recipe),
+  the same weights on every machine, and the check that compares a local rebuild with them;
 - `mgrpo.models.bpe`: the real-tokenizer test model (byte-level BPE trained on MATH text, a
   Qwen3-style chat template, random weights), cached likewise (`ensure_tiny_bpe_model`);
 - `mgrpo.models.loading`: `resolve_model_path`, `load_tokenizer`, `load_causal_lm`.

@@ -17,7 +17,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mgrpo.models.bpe import ensure_tiny_bpe_model
-from mgrpo.models.tiny import ensure_tiny_base_model
 
 if TYPE_CHECKING:
     from mgrpo.config import DataConfig, ModelConfig
@@ -41,14 +40,21 @@ def _hint(path: str) -> str:
 def resolve_model_path(model: ModelConfig, data: DataConfig) -> str:
     """A path or hub name that `from_pretrained` accepts.
 
-    'tiny' builds (or finds) the cached tiny base model for `model.tiny` and `data`'s arithmetic
-    settings; 'tiny_bpe' the real-tokenizer test model for `model.tiny_bpe` (its corpus defaults
-    to data.train_path); an existing directory is returned as an absolute path; a name that looks
+    'tiny' is the shipped tiny base model for `model.tiny` and `data`'s arithmetic settings when
+    one matches (`mgrpo.models.tiny_bases`), else the cached local build (built on first use);
+    'tiny_bpe' the real-tokenizer test model for `model.tiny_bpe` (its corpus defaults to
+    data.train_path); an existing directory is returned as an absolute path; a name that looks
     like a path ('.', '/' or '~' first) but is no directory is an error; anything else is a hub name.
     """
     name = model.name_or_path
     if name == "tiny":
-        return str(ensure_tiny_base_model(model.tiny, data))
+        # Imported here: `python -m mgrpo.models.tiny_bases` would otherwise import it twice.
+        from mgrpo.models.tiny_bases import ShippedBaseError, tiny_base_model_dir
+
+        try:
+            return str(tiny_base_model_dir(model.tiny, data))
+        except ShippedBaseError as e:
+            raise ModelLoadError(str(e)) from e
     if name == "tiny_bpe":
         try:
             return str(ensure_tiny_bpe_model(model.tiny_bpe, data))

@@ -9,8 +9,9 @@ that range. Pretraining therefore stops at the first check where the model repro
 `target_accuracy` of a probe set's worked solutions exactly, under teacher forcing: one forward
 pass, and exactly the fraction of probe problems that greedy decoding would solve step by step.
 Greedy final-answer accuracy runs a few points higher (a wrong chain can still end on the right
-sum): the default target 0.35 gave 0.39-0.44 on the held-out set over seeds 0-3, in about a
-minute of one CPU core.
+sum): the default target 0.35 gave 0.34-0.46 on the held-out set over seeds 0-5, in about a
+minute of one CPU core each. Where pretraining stops depends on the CPU's float order, so the
+package ships these bases (`mgrpo.models.tiny_bases`) and builds only other settings locally.
 
 The base model is built on the arithmetic task's training region (see `mgrpo.tasks.arithmetic`):
 supervised examples are drawn i.i.d. from it, never from the held-out region, and not from the
@@ -28,6 +29,7 @@ else is rebuilt. Builds run under a file lock, into a temporary directory rename
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -342,7 +344,7 @@ def sample_diversity(
 def build_settings(tiny: TinyModelConfig, data: DataConfig) -> dict[str, object]:
     """Everything the weights depend on: the tiny settings except where they are cached and how
     much is measured afterwards, the arithmetic task's shape, seed and prompt template."""
-    settings = {k: v for k, v in asdict(tiny).items() if k not in ("cache_dir", "eval_size")}
+    settings = {k: v for k, v in asdict(tiny).items() if k not in ("cache_dir", "eval_size", "prebuilt")}
     settings.update(
         num_operands=data.num_operands,
         num_digits=data.num_digits,
@@ -358,7 +360,23 @@ def tiny_cache_key(tiny: TinyModelConfig, data: DataConfig) -> str:
     return settings_key(build_settings(tiny, data))
 
 
-def _build(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
+def cpu_description() -> str:
+    """The CPU model and its widest vector extension: what decides the build's float order."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    vector = next((v for v in ("avx512f", "avx2", "avx", "neon", "asimd") if v in flags), "unknown vector unit")
+    return f"{model} ({vector})"
+
+
+def build_entry(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
     """Pretrain, measure and save a base model into the empty directory `entry`."""
     started, cpu_started = time.time(), time.process_time()
     tokenizer = build_tiny_tokenizer()
@@ -382,6 +400,7 @@ def _build(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
         "build_seconds": round(time.time() - started, 1),
         "build_cpu_seconds": round(time.process_time() - cpu_started, 1),
         "torch_threads": torch.get_num_threads(),
+        "built_on": cpu_description(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
     write_marker(entry, MARKER, report)
@@ -396,4 +415,4 @@ def ensure_tiny_base_model(tiny: TinyModelConfig, data: DataConfig) -> Path:
     under concurrent builders (`mgrpo.models.cache.ensure_entry`)."""
     check_tiny_settings(tiny)
     key = tiny_cache_key(tiny, data)
-    return ensure_entry(Path(tiny.cache_dir).expanduser(), f"tiny-{key}", MARKER, lambda tmp: _build(tmp, tiny, data))
+    return ensure_entry(Path(tiny.cache_dir).expanduser(), f"tiny-{key}", MARKER, lambda tmp: build_entry(tmp, tiny, data))
