@@ -10,6 +10,15 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The suite runs on every core (pytest-xdist, `-n auto` in pyproject's addopts); tests that
+    share the one local SLURM cluster go to one worker, one after another (`--dist loadgroup`):
+    run side by side they would queue each other's jobs past their time limits."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The benchmark JSONL files (../shared/data from the repo root); never copied into the repo."""
