@@ -38,6 +38,16 @@ def test_missing_vllm_says_how_to_install(monkeypatch, checkpoint, tokenizer) ->
         VLLMRolloutEngine(str(checkpoint), tokenizer, max_model_len=64, kv_cache_gb=KV_CACHE_GB)
 
 
+def test_vllm_older_than_032_is_refused(monkeypatch) -> None:
+    """Before 0.32, vLLM ran cascade attention, wrong with many samples per prompt."""
+    vllm = import_vllm()
+    monkeypatch.setattr(vllm, "__version_tuple__", (0, 31, 2))
+    with pytest.raises(ImportError, match=r"vLLM >= 0\.32.*cascade attention.*17652"):
+        import_vllm()
+    monkeypatch.setattr(vllm, "__version_tuple__", (0, 0, "dev"))  # a source build: no version to judge
+    assert import_vllm() is vllm
+
+
 def test_kv_cache_vllm_rejects_names_the_settings(checkpoint, tokenizer) -> None:
     """768 KiB passes the early estimate (exactly 512 tokens of KV) but not vLLM's own block
     accounting: its start-up error is re-raised naming our settings."""
