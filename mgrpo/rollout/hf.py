@@ -42,7 +42,7 @@ class GumbelMaxSampler(LogitsProcessor):
     docstring) and records each drawn token's log-prob, and the entropy of the distribution it was
     drawn from, and its self-certainty over the first `vocab_size` ids, at that temperature: the
     quantities the trainer would otherwise need a forward pass for (the IQR filter's trajectory
-    entropy, the drift guard's log-probs, Intuitor's reward)."""
+    entropy, the drift metric's and TIS's log-probs, Intuitor's reward)."""
 
     def __init__(self, generators: list[torch.Generator], temperature: float, vocab_size: Optional[int] = None) -> None:
         self.generators = generators
