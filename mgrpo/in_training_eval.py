@@ -37,21 +37,17 @@ class InTrainingEvaluator:
         tracker,
         selection: Sequence[Problem],
         benchmarks: Sequence[Benchmark],
-        data_counts: dict[str, int],
     ) -> None:
         self.cfg, self.ranks, self.tokenizer, self.equivalent = cfg, ranks, tokenizer, equivalent
         self.output_dir, self.tracker = output_dir, tracker
         self.selection = list(selection[: cfg.trainer.eval_size] if cfg.trainer.eval_size else selection)
         self.benchmarks = list(benchmarks)
-        self.data_counts = data_counts
 
     def evaluate(self, step: int, engine: RolloutEngine) -> dict[str, float]:
-        """Selection-set metrics, then each benchmark's; step 0 also logs the data's counts."""
+        """Selection-set metrics, then each benchmark's."""
         out = self.selection_metrics(step, engine)
         for benchmark in self.benchmarks:
             out.update(self.benchmark_metrics(benchmark, step, engine))
-        if step == 0:
-            out.update({f"data/{k}": float(v) for k, v in self.data_counts.items()})
         return out if self.ranks.is_main else {}
 
     def selection_metrics(self, step: int, engine: RolloutEngine) -> dict[str, float]:

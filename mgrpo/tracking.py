@@ -8,6 +8,8 @@
   buffer is retried at most every `retry_seconds`. Whatever is still buffered is saved in each
   checkpoint and flushed by the next start in that output directory.
 - Metric and param names are sanitised to MLflow's allowed characters.
+- Dataset inputs (`log_inputs`, records of `mgrpo.run_datasets`) are sent once per run: a record
+  the run already has (same name, digest and context) is skipped, so a resumed run adds none.
 """
 
 from __future__ import annotations
@@ -70,12 +72,25 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return items
 
 
+def _input_key(record: dict[str, str]) -> tuple[str, str, str]:
+    return record["name"], record["digest"], record["context"]
+
+
+def _unique_inputs(records: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The records without repeats (same name, digest and context), first kept."""
+    unique: dict[tuple[str, str, str], dict[str, str]] = {}
+    for r in records:
+        unique.setdefault(_input_key(r), r)
+    return list(unique.values())
+
+
 @dataclass
 class _Pending:
     metrics: list[tuple[str, float, int, int]] = field(default_factory=list)
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[tuple[str, str]] = field(default_factory=list)
+    inputs: list[dict[str, str]] = field(default_factory=list)
 
 
 class Tracker:
@@ -117,6 +132,7 @@ class Tracker:
             "pending_params": self.pending.params,
             "pending_tags": self.pending.tags,
             "pending_artifacts": self.pending.artifacts,
+            "pending_inputs": self.pending.inputs,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -125,6 +141,7 @@ class Tracker:
         self.pending.params = {**state.get("pending_params", {}), **self.pending.params}
         self.pending.tags = {**state.get("pending_tags", {}), **self.pending.tags}
         self.pending.artifacts = [tuple(a) for a in state.get("pending_artifacts", [])] + self.pending.artifacts
+        self.pending.inputs = _unique_inputs(state.get("pending_inputs", []) + self.pending.inputs)
         self._run_checked = False
 
     # ---- public API ------------------------------------------------------------------------
@@ -149,6 +166,11 @@ class Tracker:
         self.pending.artifacts.append((str(local_path), artifact_path))
         self.flush()
 
+    def log_inputs(self, datasets: list[dict[str, str]]) -> None:
+        """Dataset inputs (records of `mgrpo.run_datasets`); those the run already has are skipped."""
+        self.pending.inputs = _unique_inputs(self.pending.inputs + list(datasets))
+        self.flush()
+
     def finish(self, status: str = "FINISHED", wait_seconds: float = 0.0) -> bool:
         """Flush (retrying up to `wait_seconds`) and close the run. True when nothing is pending."""
         self._status = status
@@ -169,9 +191,9 @@ class Tracker:
 
     @property
     def pending_count(self) -> int:
-        """Records (metric points, params, tags, artifacts) not yet in the store."""
+        """Records (metric points, params, tags, artifacts, dataset inputs) not yet in the store."""
         p = self.pending
-        return len(p.metrics) + len(p.params) + len(p.tags) + len(p.artifacts)
+        return len(p.metrics) + len(p.params) + len(p.tags) + len(p.artifacts) + len(p.inputs)
 
     @property
     def url_hint(self) -> str:
@@ -246,11 +268,34 @@ class Tracker:
             client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in chunk])
             self._logged.update((k, s) for k, _, _, s in chunk)
             del self.pending.metrics[:_BATCH_LIMIT]
+        if self.pending.inputs:
+            self._send_inputs()
         while self.pending.artifacts:
             path, artifact_path = self.pending.artifacts[0]
             if Path(path).exists():
                 client.log_artifact(run_id, path, artifact_path or None)
             self.pending.artifacts.pop(0)
+
+    def _send_inputs(self) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        run = self._client.get_run(self.run_id)
+        have = {
+            (d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags}.get(MLFLOW_DATASET_CONTEXT))
+            for d in (run.inputs.dataset_inputs if run.inputs else [])
+        }
+        new = [
+            DatasetInput(
+                Dataset(r["name"], r["digest"], r["source_type"], r["source"], profile=r.get("profile")),
+                tags=[InputTag(MLFLOW_DATASET_CONTEXT, r["context"])],
+            )
+            for r in self.pending.inputs
+            if _input_key(r) not in have
+        ]
+        if new:
+            self._client.log_inputs(self.run_id, datasets=new)
+        self.pending.inputs = []
 
     def _terminate(self) -> bool:
         if not self.enabled:

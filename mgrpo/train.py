@@ -34,6 +34,7 @@ from mgrpo.config_checks import validate
 from mgrpo.parallel import RankFailure, Ranks, init_ranks
 from mgrpo.models.loading import ModelLoadError
 from mgrpo.tasks.base import DataError
+from mgrpo.run_datasets import run_datasets
 from mgrpo.tracking import Tracker, flatten, resolve_tracking_uri
 from mgrpo.rollout.handoff import StaleWeightsError
 from mgrpo.rollout.vllm import VLLMUnavailableError
@@ -163,6 +164,8 @@ def _run_rank(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[
             **sweep_tags,
         }
     )
+    # Every start, resumed or not: the tracker skips the inputs the run already has.
+    tracker.log_inputs(run_datasets(cfg.data, trainer.prepared, trainer.evaluator.selection, trainer.evaluator.benchmarks))
     if cfg.tracking.enabled:
         print(f"[mgrpo] tracking to {uri}; view with: {tracker.url_hint}", file=sys.stderr)
     status = "FAILED"

@@ -84,6 +84,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.model_path)
         # Prompts as the model sees them (chat template), over-long ones dropped and counted.
         prepared = prepare_task(load_task(cfg.data), self.tokenizer, cfg.data.chat_template, cfg.rollout.max_prompt_tokens)
+        self.prepared = prepared  # with the counts dropped for length, for the run's dataset inputs
         self.data = prepared.data
         t = cfg.trainer
         benchmarks = prepare_benchmarks(t.eval_benchmarks, cfg.data, self.tokenizer, cfg.rollout.max_prompt_tokens, t.eval_benchmark_limit)
@@ -110,7 +111,7 @@ class Trainer:
         self.versions = {"policy": 0, "momentum": 0}
         self.equivalent = AnswerEquivalence()
         self.evaluator = InTrainingEvaluator(
-            cfg, self.ranks, self.tokenizer, self.equivalent, output_dir, tracker, self.data.heldout, benchmarks, prepared.summary()
+            cfg, self.ranks, self.tokenizer, self.equivalent, output_dir, tracker, self.data.heldout, benchmarks
         )
         self.step = 0
         self.monitor = RunMonitor(cfg.monitor, cfg.trainer, len(self.evaluator.selection))

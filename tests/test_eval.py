@@ -386,11 +386,16 @@ def test_math_run_with_tiny_bpe_logs_benchmarks_and_mgrpo_eval_reproduces_them(t
         for key in ("mean_at_2", "mean_at_2_se", "maj_at_2", "pass_at_1", "pass_at_2", "no_answer_frac", "response_length"):
             assert [s for s, _ in series[f"val/{bench}/{key}"]] == [0, 2], f"val/{bench}/{key} at every evaluation"
         assert all(0.0 <= v <= 1.0 for _, v in series[f"val/{bench}/mean_at_2"])
-    assert series["data/train_prompts"][0][0] == 0 and "data/dropped_train_prompts" in series
+    from tests.test_run_datasets import run_inputs
+
+    run_id = (out / "mlflow_run_id").read_text().strip()
+    inputs = {(name, context): profile for name, context, profile in run_inputs(MlflowClient(uri), run_id)}
+    assert set(inputs) == {("math4500.jsonl", "training"), ("math4500.jsonl:heldout", "selection"), ("math500", "benchmark"), ("aime24", "benchmark")}
+    assert inputs[("math500", "benchmark")] == {"problems": 2, "source_problems": 500}
+    assert inputs[("math4500.jsonl", "training")]["problems"] + inputs[("math4500.jsonl", "training")]["dropped_for_length"] == 40
     completions = [json.loads(line) for line in (out / "completions" / "step_000002_math500.jsonl").read_text().splitlines()]
     assert len(completions) == 4 and completions[0]["prompt"].startswith("<|im_start|>user\n")
 
-    run_id = (out / "mlflow_run_id").read_text().strip()
     assert main([str(out), "--out", str(tmp_path / "eval2"), "--tracking-uri", uri, "--no-progress"]) == 0
     results = json.loads((tmp_path / "eval2" / "results.json").read_text())
     assert results["step"] == 2 and results["run_id"] == run_id
