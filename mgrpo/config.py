@@ -408,6 +408,17 @@ class TrackingConfig:
     run_name: Optional[str] = None
     retry_seconds: float = 30.0
     """While the store is unreachable, metrics are buffered and retried at most this often."""
+    system_metrics: Optional[bool] = None
+    """MLflow's own system metrics for the run (`system/*`: CPU and memory use, disk, network, and
+    per GPU its utilisation, memory and power), sampled by rank 0 on its node in a background
+    thread every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (an environment variable of
+    MLflow's, 10 by default; the step of a `system/*` point counts samples, not training steps).
+    GPU metrics need NVIDIA's library, the optional extra `pip install 'mgrpo[gpu-metrics]'`
+    (nvidia-ml-py). null: on when the run trains on GPUs, off on CPU."""
+
+    def resolved_system_metrics(self, device_type: str) -> bool:
+        """`system_metrics`, or its default for a run on `device_type` ('cuda', 'cpu') when null."""
+        return self.system_metrics if self.system_metrics is not None else device_type == "cuda"
 
 
 MONITOR_MODES = ("labeled", "label_free")

@@ -10,6 +10,9 @@
 - Metric and param names are sanitised to MLflow's allowed characters.
 - Dataset inputs (`log_inputs`, records of `mgrpo.run_datasets`) are sent once per run: a record
   the run already has (same name, digest and context) is skipped, so a resumed run adds none.
+- With `system_metrics`, MLflow's own monitor (`SystemMetricsMonitor`, a thread) logs `system/*`
+  into the run from the moment the run exists; a resumed run's samples continue its count. The
+  monitor stops when the store is unreachable and is started again once it is reachable.
 """
 
 from __future__ import annotations
@@ -104,7 +107,11 @@ class Tracker:
         retry_seconds: float = 30.0,
         enabled: bool = True,
         run_id_file: Optional[Path] = None,
+        system_metrics: bool = False,
+        on_gpus: bool = False,
     ) -> None:
+        """`system_metrics`: log MLflow's system metrics (`tracking.system_metrics`); `on_gpus`: the
+        run trains on GPUs, so a missing GPU library is worth a warning."""
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri = uri
@@ -121,6 +128,9 @@ class Tracker:
         self._run_checked = False
         self._status: Optional[str] = None
         self.run_id_file = run_id_file
+        self.system_metrics = system_metrics and enabled
+        self.on_gpus = on_gpus
+        self._monitor = None
         if run_id_file is not None and run_id_file.exists():
             self.run_id = run_id_file.read_text().strip() or None
 
@@ -213,6 +223,7 @@ class Tracker:
         try:
             self._ensure_run()
             self._send()
+            self._watch_system()
         except Exception as err:  # any failure of the store: keep the data, keep training
             if self._down_since is None:
                 self._down_since = time.monotonic()
@@ -221,6 +232,8 @@ class Tracker:
         if self._down_since is not None:
             log.warning("MLflow store %s reachable again; buffered data sent", self.uri)
             self._down_since = None
+            self._stop_system()  # its thread ended when the store went away
+            self._watch_system()
         return True
 
     def _ensure_run(self) -> None:
@@ -297,11 +310,37 @@ class Tracker:
             self._client.log_inputs(self.run_id, datasets=new)
         self.pending.inputs = []
 
+    def _watch_system(self) -> None:
+        """Start MLflow's system-metrics monitor on the run (once the run exists)."""
+        if not self.system_metrics or self._monitor is not None:
+            return
+        try:
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError as err:  # psutil, which its CPU metrics read (a dependency of accelerate)
+            log.warning("tracking.system_metrics: MLflow's monitor cannot start (%s); no system metrics", err)
+            self.system_metrics = False
+            return
+        self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=True, tracking_uri=self.uri)
+        if self.on_gpus and not any(isinstance(m, GPUMonitor) for m in self._monitor.monitors):
+            log.warning(
+                "tracking.system_metrics: no GPU metrics (NVIDIA's library is missing or found no GPU); "
+                "install it with `pip install 'mgrpo[gpu-metrics]'`"
+            )
+        self._monitor.start()
+
+    def _stop_system(self) -> None:
+        """Stop the monitor and send its last samples."""
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+
     def _terminate(self) -> bool:
         if not self.enabled:
             return True
         try:
             self._ensure_run()
+            self._stop_system()  # before the run ends, so its last samples land in a running run
             self._client.set_terminated(self.run_id, status=self._status or "FINISHED")
             return True
         except Exception:

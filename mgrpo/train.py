@@ -141,6 +141,8 @@ def _run_rank(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[
         cfg.tracking.retry_seconds,
         cfg.tracking.enabled and ranks.is_main,
         run_id_file=output_dir / "mlflow_run_id" if ranks.is_main else None,
+        system_metrics=cfg.tracking.resolved_system_metrics(ranks.device.type),
+        on_gpus=ranks.device.type == "cuda",
     )
     trainer = Trainer(cfg, output_dir, tracker, ranks)
     resumed = trainer.resume()

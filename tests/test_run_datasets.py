@@ -121,7 +121,7 @@ def test_tracker_sends_each_input_once_per_run_across_resumes(tmp_path):
 def test_a_run_lists_its_datasets_once_and_logs_no_count_charts(tiny_cache, tmp_path):
     """Two steps on the synthetic task, then the same command again (the run is finished, so it
     only resumes): the run has its training pool and selection set once each, with their counts
-    in the dataset profile, and no step-0 `data/*` metric."""
+    in the dataset profile, and no step-0 `data/*` metric; no `system/*` either (off on CPU)."""
     from tests.test_trainer import fast_overrides
     from tests.trainer_helpers import train
 
@@ -135,4 +135,4 @@ def test_a_run_lists_its_datasets_once_and_logs_no_count_charts(tiny_cache, tmp_
     assert [(n, c) for n, c, _ in inputs] == [("arithmetic", "training"), ("arithmetic:heldout", "selection")]
     assert inputs[1][2] == {"problems": 16, "labelled": 16, "dropped_for_length": 0}
     assert inputs[0][2]["problems"] > 1000 and inputs[0][2]["dropped_for_length"] == 0
-    assert not [k for k in run.data.metrics if k.startswith("data/")]
+    assert not [k for k in run.data.metrics if k.startswith(("data/", "system/"))]  # system metrics: off on CPU by default
