@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mgrpo import checkpoint as ckpt
+from mgrpo.models import resolve_model_path
 from mgrpo.tasks import TaskData
 from tests.trainer_helpers import cli, compose_config, metric_series, train
 
@@ -80,8 +81,8 @@ def test_each_algorithm_trains_and_logs_every_metric(algo, tiny_cache, tmp_path)
     assert series["val/accuracy"][0][1] > 0.2, "the base model should answer some held-out problems"
 
     saved = ckpt.load_tensors(ckpt.latest_checkpoint(out).path / "policy")
-    base_dir = next(p for p in tiny_cache.iterdir() if p.is_dir() and (p / "config.json").exists())
-    base = ckpt.load_tensors(base_dir)
+    cfg = compose_config(fast_overrides(tiny_cache, uri, "e2e", f"algo={algo}"))
+    base = ckpt.load_tensors(Path(resolve_model_path(cfg.model, cfg.data)))
     changed = [k for k in base if not torch.equal(base[k], saved[k])]
     assert changed, "the policy's parameters did not change"
     momentum_dir = ckpt.latest_checkpoint(out).path / "momentum"
