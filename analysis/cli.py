@@ -6,12 +6,14 @@
 prints the verdict table, the best-vs-final table, the label-free detectors measured against the
 labelled verdict and the label-free checkpoint choice, writes report.md, PNGs and CSVs to --out,
 and logs them as a report run (tag mgrpo.report=1) in the experiment `<experiment>-reports`,
-replacing the earlier report of the same selection. It ends with the links that open the runs'
-curves in the MLflow UI's chart view.
+replacing the earlier report of the same selection. Each judged run gets its verdict as tags
+(`mgrpo.verdict` = collapsed | healthy | unjudged, and `mgrpo.verdict.*` steps: see
+`mgrpo_analysis.run_tags`) and a description linking the report run, both replaced by the next
+analysis. It ends with the links that open the runs' curves in the MLflow UI's chart view.
 
 Exit status: 0 when a report was produced (problems such as an unknown sweep id among others,
 or a run without accuracy, are listed in it and on stderr); 1 when nothing matched the selection
-or the report run could not be logged; 2 on bad arguments or an unreadable tracking URI.
+or the report run or the runs' verdicts could not be logged; 2 on bad arguments or an unreadable tracking URI.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", action="append", default=[], type=_key_value, metavar="NAME=VALUE",
                    help="override a detector threshold (label_free.NAME: the label-free one only); repeatable")
     p.add_argument("--no-mlflow-report", action="store_true",
-                   help="do not log the report as a run in the experiment")
+                   help="leave the store as it is: no report run, no verdict tags on the runs")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                    help=f"curve cache folder (default: {DEFAULT_CACHE_DIR})")
     p.add_argument("--no-cache", action="store_true", help="read every curve from MLflow")
@@ -106,7 +108,7 @@ def _print_table(title: str, df: pd.DataFrame) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
-    from . import label_free_eval, links, report, tables  # after argument parsing, so --help stays fast
+    from . import label_free_eval, links, report, run_tags, tables  # after argument parsing, so --help stays fast
 
     try:
         thresholds, lf_thresholds = _thresholds(args.threshold)
@@ -151,8 +153,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"mgrpo-analyze: error: could not log the report run to {store.uri}: {err}", file=sys.stderr)
             return 1
         replaced = f", replacing {logged.replaced} earlier report(s) of this selection" if logged.replaced else ""
-        print(f"report run: {logged.run_id} in experiment {logged.experiment_name!r}{replaced}: "
-              f"{links.run_url(store.uri, logged.experiment_id, logged.run_id)}")
+        report_link = links.run_url(store.uri, logged.experiment_id, logged.run_id)
+        print(f"report run: {logged.run_id} in experiment {logged.experiment_name!r}{replaced}: {report_link}")
+        try:
+            tagged = run_tags.write_verdicts(store.client, analysis, logged.run_id, report_link, logged.run_name)
+        except Exception as err:  # the report run stands; say why the runs lack their verdicts
+            print(f"mgrpo-analyze: error: could not write the verdicts to the runs at {store.uri}: {err}", file=sys.stderr)
+            return 1
+        print(f"verdicts on {tagged} runs; list the collapsed ones in the MLflow UI with the search "
+              f"tags.`{run_tags.VERDICT_TAG}` = 'collapsed'")
     return 0
 
 

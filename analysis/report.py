@@ -268,6 +268,7 @@ class ReportRun:
     run_id: str
     experiment_id: str
     experiment_name: str
+    run_name: str
     replaced: int
     """Earlier report runs of the same selection that this one replaced (deleted)."""
 
@@ -289,9 +290,10 @@ def log_report_run(store: Store, analysis: Analysis, out_dir: Path | str) -> Rep
         experiment_id = found.experiment_id
     selection = analysis.selection.describe()[:5000]
     note = render(analysis, {}) + "\n_report.md, the figures and CSVs are in this run's artifacts._\n"
+    run_name = f"report: {analysis.selection.describe()}"[:250]
     run = client.create_run(
         experiment_id,
-        run_name=f"report: {analysis.selection.describe()}"[:250],
+        run_name=run_name,
         tags={REPORT_TAG: "1", "mgrpo.report_selection": selection, "mlflow.note.content": note},
     )
     run_id = run.info.run_id
@@ -305,4 +307,4 @@ def log_report_run(store: Store, analysis: Analysis, out_dir: Path | str) -> Rep
            if r.info.run_id != run_id and r.data.tags.get("mgrpo.report_selection") == selection]
     for r in old:
         client.delete_run(r.info.run_id)
-    return ReportRun(run_id, experiment_id, name, len(old))
+    return ReportRun(run_id, experiment_id, name, run_name, len(old))

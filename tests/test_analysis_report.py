@@ -203,3 +203,59 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(tmp_path):
     assert "http://127.0.0.1:9" in done.stderr and "Traceback" not in done.stderr
     assert time.perf_counter() - t0 < 20
     assert not Path(tmp_path, "report.md").exists()
+
+
+def test_verdicts_are_written_to_the_runs_and_replaced_on_reanalysis(tmp_path, capsys):
+    """After `mgrpo-analyze`, the UI search tags.`mgrpo.verdict` = 'collapsed' lists exactly the
+    collapsed runs; each run's description links the report run. Analysing again replaces the
+    tags (a stale one goes) and the description's section, and keeps a user's own note."""
+    from mgrpo_analysis.run_tags import NOTE_HEADING
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("exp", artifact_location=(tmp_path / "artifacts").as_uri())
+    chosen = [s for s in specs() if s.seed == 0 and s.name != "srt-1e-05-s0"]  # 2 healthy, 1 collapsing, 1 without evaluation
+    ids = dict(zip([s.name for s in chosen], log_runs(client, exp, chosen)))
+    client.set_tag(ids["mgrpo-1e-05-s0"], "mlflow.note.content", "My note: the baseline.")
+    client.set_tag(ids["mgrpo-1e-05-s0"], "mgrpo.verdict.collapse_onset_step", "7")  # as if an earlier analysis said so
+    command = ["--tracking-uri", uri, "--experiment", "exp", "--out", str(tmp_path / "report"), "--no-cache"]
+
+    assert cli.main(command) == 0
+    printed = capsys.readouterr().out
+    assert "verdicts on 4 runs" in printed and "tags.`mgrpo.verdict` = 'collapsed'" in printed
+    (report,) = client.search_runs([client.get_experiment_by_name("exp-reports").experiment_id])
+    verdicts = pd.read_csv(tmp_path / "report" / "verdicts.csv")
+    expected = set(verdicts[verdicts["collapsed"]]["run_id"])
+    assert expected == {ids["srt-3e-05-s0"]}
+    found = {r.info.run_id for r in client.search_runs([exp], "tags.`mgrpo.verdict` = 'collapsed'")}
+    assert found == expected
+    tags = {name: client.get_run(run_id).data.tags for name, run_id in ids.items()}
+    collapsed, healthy, unjudged = tags["srt-3e-05-s0"], tags["mgrpo-1e-05-s0"], tags["no-eval"]
+    row = verdicts.set_index("run_id").loc[ids["srt-3e-05-s0"]]
+    assert collapsed["mgrpo.verdict.collapse_onset_step"] == str(int(row["collapse_step"]))
+    assert collapsed["mgrpo.verdict.best_step"] == str(int(row["peak_step"])) and collapsed["mgrpo.verdict.final_step"] == "150"
+    assert collapsed["mgrpo.verdict.detectors"] == row["detectors"]
+    assert collapsed["mgrpo.verdict.label_free_checkpoint_step"].isdigit()
+    assert "mgrpo.verdict.label_free_onset_step" in collapsed  # the synthetic collapse moves the label-free signals
+    assert healthy["mgrpo.verdict"] == "healthy" and "mgrpo.verdict.collapse_onset_step" not in healthy
+    assert unjudged["mgrpo.verdict"] == "unjudged" and "mgrpo.verdict.best_step" not in unjudged
+    assert all(t["mgrpo.verdict.report_run"] == report.info.run_id for t in tags.values())
+    note = healthy["mlflow.note.content"]
+    assert note.startswith("My note: the baseline.") and f"#/experiments/{report.info.experiment_id}/runs/{report.info.run_id}" in note
+    assert "**collapsed** at step" in collapsed["mlflow.note.content"] and "**healthy**" in note
+
+    assert cli.main(command) == 0
+    capsys.readouterr()
+    (second,) = client.search_runs([client.get_experiment_by_name("exp-reports").experiment_id])
+    assert second.info.run_id != report.info.run_id
+    again = {name: client.get_run(run_id).data.tags for name, run_id in ids.items()}
+    assert {r.info.run_id for r in client.search_runs([exp], "tags.`mgrpo.verdict` = 'collapsed'")} == expected
+    for t in again.values():
+        assert t["mgrpo.verdict.report_run"] == second.info.run_id
+        assert t["mlflow.note.content"].count(NOTE_HEADING) == 1 and second.info.run_id in t["mlflow.note.content"]
+    assert again["mgrpo-1e-05-s0"]["mlflow.note.content"].startswith("My note: the baseline.")
+    assert {k: v for k, v in again["srt-3e-05-s0"].items() if k != "mlflow.note.content" and "report_run" not in k} == \
+        {k: v for k, v in collapsed.items() if k != "mlflow.note.content" and "report_run" not in k}
+
+    assert cli.main([*command, "--no-mlflow-report"]) == 0  # leaves the store as it is
+    assert client.get_run(ids["srt-3e-05-s0"]).data.tags["mgrpo.verdict.report_run"] == second.info.run_id
