@@ -30,8 +30,9 @@ import pandas as pd
 VERDICT_TAG = "mgrpo.verdict"
 """collapsed | healthy | unjudged; the other tags are `VERDICT_TAG + '.<name>'`."""
 NOTE_TAG = "mlflow.note.content"
-NOTE_HEADING = "#### Verdict (mgrpo-analyze)"
-"""Starts the description's section written here; it runs to the end of the description."""
+NOTE_HEADING = "#### Verdict of mgrpo-analyze"
+"""Starts the description's section written here (a heading that ends in the link to the report
+run, so the UI's preview of the description shows it); the section runs to the end."""
 
 
 def _step(value) -> Optional[str]:
@@ -60,7 +61,7 @@ def _accuracy(value) -> str:
 
 
 def verdict_note(row: dict, tags: dict[str, str], report_link: str, report_name: str) -> str:
-    """The description's section: the verdict in two lines and the link to the report run."""
+    """The description's section: a heading linking the report run, then the verdict in a few lines."""
     t = {k.removeprefix(VERDICT_TAG + "."): v for k, v in tags.items()}
     verdict = t[VERDICT_TAG]
     if verdict == "collapsed":
@@ -69,7 +70,7 @@ def verdict_note(row: dict, tags: dict[str, str], report_link: str, report_name:
         head = "**healthy**: no collapse detector fired"
     else:
         head = "**unjudged**: no held-out accuracy curve"
-    lines = [NOTE_HEADING, "", head + "."]
+    lines = [f"{NOTE_HEADING} ([{report_name}]({report_link}))", "", head + "."]
     if verdict != "unjudged":
         lines.append(
             f"Held-out accuracy: best {_accuracy(row.get('peak'))} at step {t.get('best_step', '?')}, "
@@ -79,7 +80,6 @@ def verdict_note(row: dict, tags: dict[str, str], report_link: str, report_name:
         onset = t.get("label_free_onset_step")
         alarm = f"alarm with onset at step {onset}" if onset else "no alarm"
         lines.append(f"Label-free rule: {alarm}; the checkpoint it keeps: step {t['label_free_checkpoint_step']}.")
-    lines += ["", f"Report: [{report_name}]({report_link})"]
     return "\n".join(lines) + "\n"
 
 
