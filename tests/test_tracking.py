@@ -54,6 +54,10 @@ class MlflowServer:
             self.proc = None
 
 
+def system_steps(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
+
+
 def test_sanitize_and_flatten():
     assert sanitize_key("train/acc@k=1 (x)") == "train/acc_k_1 _x_"
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
@@ -80,9 +84,12 @@ def test_resumed_run_skips_points_already_logged(tmp_path):
 
 
 @pytest.mark.slow
-def test_store_down_at_start_and_mid_run_loses_nothing(tmp_path):
+def test_store_down_at_start_and_mid_run_loses_nothing(tmp_path, monkeypatch):
+    """Also the system metrics (tracking.system_metrics): sampled once the run exists, and again
+    after the outage, continuing their count."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     server = MlflowServer(tmp_path / "server.db", free_port())
-    tracker = Tracker(server.uri, "outage", "r", retry_seconds=0.5, run_id_file=tmp_path / "run_id")
+    tracker = Tracker(server.uri, "outage", "r", retry_seconds=0.5, run_id_file=tmp_path / "run_id", system_metrics=True)
     tracker.log_params({"algo.momentum": 0.99})
     for step in range(1, 4):
         tracker.log_metrics({"train/loss": float(step)}, step)
@@ -92,6 +99,9 @@ def test_store_down_at_start_and_mid_run_loses_nothing(tmp_path):
     time.sleep(0.6)
     tracker.log_metrics({"train/loss": 4.0}, 4)
     assert tracker.run_id is not None and not tracker.pending.metrics
+    time.sleep(1.0)
+    before = system_steps(MlflowClient(server.uri), tracker.run_id)
+    assert before
 
     server.stop()
     for step in range(5, 8):
@@ -100,10 +110,14 @@ def test_store_down_at_start_and_mid_run_loses_nothing(tmp_path):
 
     server.start()
     try:
+        tracker.log_metrics({"train/loss": 8.0}, 8)
+        time.sleep(1.0)
         assert tracker.finish(wait_seconds=30)
         client = MlflowClient(server.uri)
+        after = system_steps(client, tracker.run_id)
+        assert after[: len(before)] == before and len(after) > len(before) and len(set(after)) == len(after)
         history = client.get_metric_history(tracker.run_id, "train/loss")
-        assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(1, 8)]
+        assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(1, 9)]
         assert client.get_run(tracker.run_id).data.params["algo.momentum"] == "0.99"
     finally:
         server.stop()
