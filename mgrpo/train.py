@@ -11,7 +11,8 @@ tasks of one SLURM job (`resources.tasks_per_node`). Only rank 0 talks to MLflow
 
 A job resumes from the newest checkpoint in its output directory (Hydra's job directory, or
 `trainer.output_dir`), continuing the same MLflow run: rerunning a killed command, or a SLURM
-requeue, picks up where it stopped.
+requeue, picks up where it stopped. A SLURM job warned of its time limit (or preempted) first
+finishes its step and checkpoints it, then requeues (`mgrpo.requeue`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from mgrpo.config import Config, ConfigError, register_configs
 from mgrpo.config_checks import validate
 from mgrpo.parallel import RankFailure, Ranks, init_ranks
 from mgrpo.models.loading import ModelLoadError
+from mgrpo.requeue import JobStopped, StopRequest
 from mgrpo.tasks.base import DataError
 from mgrpo.run_datasets import run_datasets
 from mgrpo.tracking import Tracker, flatten, resolve_tracking_uri
@@ -103,22 +105,28 @@ def slurm_job_id() -> Optional[str]:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def run(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, str]) -> float:
-    """Train (or resume) one run on this rank; returns the objective. Usable without Hydra."""
+def run(
+    cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, str], stop: Optional[StopRequest] = None
+) -> float:
+    """Train (or resume) one run on this rank; returns the objective. Usable without Hydra.
+
+    With `stop`, a stop request ends the run after a step with its checkpoint: `JobStopped`."""
     validate(cfg)
     t = cfg.trainer
     ranks = init_ranks(t.device, t.collective_timeout_s, t.heartbeat_timeout_s)
     try:
-        return _run_rank(cfg, output_dir, launch_dir, sweep_tags, ranks)
+        return _run_rank(cfg, output_dir, launch_dir, sweep_tags, ranks, stop)
     except Exception as err:
-        if not ranks.distributed or isinstance(err, (ConfigError, CheckpointError, StaleWeightsError)):
+        if not ranks.distributed or isinstance(err, (ConfigError, CheckpointError, StaleWeightsError, JobStopped)):
             raise  # every rank raises these alike: nothing to tell the others
         raise ranks.fail(err) from err
     finally:
         ranks.close()
 
 
-def _run_rank(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, str], ranks: Ranks) -> float:
+def _run_rank(
+    cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[str, str], ranks: Ranks, stop: Optional[StopRequest]
+) -> float:
     from mgrpo.trainer import Trainer
 
     if cfg.model.reference_cpu_offload and not ranks.distributed and ranks.device.type == "cuda":
@@ -144,7 +152,7 @@ def _run_rank(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[
         system_metrics=cfg.tracking.resolved_system_metrics(ranks.device.type),
         on_gpus=ranks.device.type == "cuda",
     )
-    trainer = Trainer(cfg, output_dir, tracker, ranks)
+    trainer = Trainer(cfg, output_dir, tracker, ranks, stop)
     resumed = trainer.resume()
     if not ranks.is_main:
         try:
@@ -174,6 +182,9 @@ def _run_rank(cfg: Config, output_dir: Path, launch_dir: Path, sweep_tags: dict[
     try:
         objective = trainer.fit()
         status = "FINISHED"
+    except JobStopped:
+        status = "KILLED"  # until the requeued job resumes it (RUNNING again)
+        raise
     finally:
         tracker.finish(status, wait_seconds=min(60.0, cfg.tracking.retry_seconds) if status == "FINISHED" else 0.0)
         trainer.close()
@@ -205,16 +216,25 @@ def sweep_tags() -> dict[str, str]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(dict_cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
+    # First, so that a warning during start-up also waits for the first step's checkpoint.
+    stop = StopRequest.for_submitit_job(hydra_cfg.launcher.get("signal_delay_s"))
     cfg: Config = OmegaConf.to_object(dict_cfg)
     output_dir = Path(cfg.trainer.output_dir or hydra_cfg.runtime.output_dir).expanduser()
     launch_dir = Path(hydra_cfg.runtime.cwd)
     try:
-        return run(cfg, output_dir, launch_dir, sweep_tags())
+        return run(cfg, output_dir, launch_dir, sweep_tags(), stop)
+    except JobStopped as stopped:
+        assert stop is not None
+        print(f"[mgrpo] {stopped}; requeueing", file=sys.stderr, flush=True)
+        stop.requeue()
     except (ConfigError, CheckpointError, DataError, ModelLoadError, FileNotFoundError, VLLMUnavailableError, RankFailure, StaleWeightsError) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1 if isinstance(err, (RankFailure, StaleWeightsError)) else 2)
+    finally:
+        if stop is not None:
+            stop.close()
 
 
 if __name__ == "__main__":

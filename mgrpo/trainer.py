@@ -56,6 +56,7 @@ from mgrpo.phases import (
     update_phase,
     vote_phase,
 )
+from mgrpo.requeue import JobStopped, StopRequest
 from mgrpo.rollout import build_engines, encode_prompts, sample_seed
 from mgrpo.rollout.base import Rollouts
 from mgrpo.run_monitor import RunMonitor
@@ -73,8 +74,12 @@ SHUFFLE_STREAM = 3
 class Trainer:
     """Holds the models and state of one run on this rank; `fit()` runs it to the end (or resumes it)."""
 
-    def __init__(self, cfg: Config, output_dir: Path, tracker: Tracker, ranks: Optional[Ranks] = None) -> None:
+    def __init__(
+        self, cfg: Config, output_dir: Path, tracker: Tracker, ranks: Optional[Ranks] = None, stop: Optional[StopRequest] = None
+    ) -> None:
+        """`stop`: SLURM's warning, checked after every step (`mgrpo.requeue`); None outside SLURM."""
         self.cfg = cfg
+        self.stop = stop
         self.output_dir = output_dir
         self.tracker = tracker
         self.ranks = ranks or Ranks(device=torch.device("cuda" if cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available()) else "cpu"))
@@ -396,8 +401,14 @@ class Trainer:
             if self.monitor.due(step):
                 stop_early = bool(self.ranks.broadcast_object(self.monitor.check(self.tracker) if self.ranks.is_main else False))
             self.finished = stop_early or step == t.total_steps
-            if step % t.checkpoint_every == 0 or self.finished:
-                self.save()
+            # Every rank asks at the same point, so all stop after the same step.
+            warned = not self.finished and self.stop is not None and self.stop.agreed(self.ranks)
+            if step % t.checkpoint_every == 0 or self.finished or warned:
+                saved = self.save()
+            if warned:
+                if progress is not None:
+                    progress.close()
+                raise JobStopped(step, saved)
             if progress is not None:
                 progress.update(1)
                 shown = {"reward": metrics["train/pseudo_reward"], "H": metrics["train/entropy"]}
