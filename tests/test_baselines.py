@@ -148,11 +148,12 @@ NEW_PRESETS = ("collapse_lab_ablation", "collapse_lab_baselines")
 
 
 def _arms(name: str) -> list[list[str]]:
-    """The preset's sweep points on one seed (seeds only replicate an arm)."""
+    """The preset's sweep points on one seed and base (seeds and bases only replicate an arm)."""
     from omegaconf import OmegaConf
 
     params = OmegaConf.to_container(compose_root([f"experiment={name}"]).hydra.sweeper.params)
     params.pop("trainer.seed")
+    params.pop("model.tiny.seed")
     return _sweep_points(params)
 
 

@@ -118,7 +118,7 @@ def test_hparams_search_uses_the_optuna_sweeper_and_a_valid_search_space() -> No
         assert cfg.hydra.runtime.choices["hydra/sweeper"] == "mgrpo_optuna"
         distributions, _, fixed = search_space(OmegaConf.to_container(cfg.hydra.sweeper.params), [])
         assert set(distributions) == {"algo.momentum", "algo.iqr_k", "rollout.temperature"}
-        assert sorted(fixed) == ["algo=mgrpo", "trainer.seed=0"]  # pins collapse_lab's sweep
+        assert sorted(fixed) == ["algo=mgrpo", "model.tiny.seed=1", "trainer.seed=0"]  # pins collapse_lab's sweep
     for key, dist in distributions.items():  # every end of every dimension is a valid setting
         for value in dist.choices if hasattr(dist, "choices") else (dist.low, dist.high):
             validated(["hparams_search=stability", "experiment=collapse_lab", f"{key}={Transformer.str(value)}"])
