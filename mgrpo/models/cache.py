@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -79,3 +80,19 @@ def ensure_entry(root: Path, name: str, marker: str, build: Callable[[Path], Non
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return entry
+
+
+def cpu_description() -> str:
+    """The CPU model and its widest vector extension: what decides the build's float order."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    vector = next((v for v in ("avx512f", "avx2", "avx", "neon", "asimd") if v in flags), "unknown vector unit")
+    return f"{model} ({vector})"

@@ -29,7 +29,6 @@ else is rebuilt. Builds run under a file lock, into a temporary directory rename
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from mgrpo.algos.answers import extract_answer
-from mgrpo.models.cache import ensure_entry, settings_key, write_marker
+from mgrpo.models.cache import cpu_description, ensure_entry, settings_key, write_marker
 from mgrpo.tasks.arithmetic import (
     arithmetic_problem,
     arithmetic_solution,
@@ -358,22 +357,6 @@ def build_settings(tiny: TinyModelConfig, data: DataConfig) -> dict[str, object]
 def tiny_cache_key(tiny: TinyModelConfig, data: DataConfig) -> str:
     """16 hex digits of the SHA-256 of `build_settings`."""
     return settings_key(build_settings(tiny, data))
-
-
-def cpu_description() -> str:
-    """The CPU model and its widest vector extension: what decides the build's float order."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    vector = next((v for v in ("avx512f", "avx2", "avx", "neon", "asimd") if v in flags), "unknown vector unit")
-    return f"{model} ({vector})"
 
 
 def build_entry(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
