@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from mgrpo.sweeps import SWEEP_INFO_FILE
 from tests.apps.harness import read_json, require_slurm, run_app, start_app, wait_for
 
-pytestmark = [pytest.mark.slurm]
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 
 @pytest.fixture(autouse=True)

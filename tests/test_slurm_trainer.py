@@ -23,7 +23,7 @@ import pytest
 from mgrpo.sweeps import SWEEP_INFO_FILE
 from tests.apps.harness import read_json, require_slurm, wait_for
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 def tiny_overrides(tiny_cache: Path) -> list[str]:
