@@ -41,8 +41,7 @@ if [ -n "$unexpected" ]; then echo "$unexpected" >&2; exit 1; fi
 
 phase "tests"
 status=0
-# -n 0: serially, as measured (the main suite runs on every core; the tier's in-process engines
-# and 2-rank runs have not been tried side by side).
+# -n 0: serially, like the main suite (pytest-xdist is in the test extra, not used by default).
 MGRPO_VLLM=1 "$VENV/bin/python" -m pytest -q -n 0 tests/vllm || status=$?
 phase "done, exit $status"
 exit "$status"
