@@ -92,7 +92,7 @@ def cpu_description() -> str:
                 model = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
-    except OSError:
+    except OSError:  # no /proc (not Linux): the platform's name alone
         pass
     vector = next((v for v in ("avx512f", "avx2", "avx", "neon", "asimd") if v in flags), "unknown vector unit")
     return f"{model} ({vector})"
