@@ -41,7 +41,7 @@ if [ -n "$unexpected" ]; then echo "$unexpected" >&2; exit 1; fi
 
 phase "tests"
 status=0
-# -n 0: serially, like the main suite (pytest-xdist is in the test extra, not used by default).
+# -n 0: serially; its tests run engines and gloo ranks that take both cores each.
 MGRPO_VLLM=1 "$VENV/bin/python" -m pytest -q -n 0 tests/vllm || status=$?
 phase "done, exit $status"
 exit "$status"

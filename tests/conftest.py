@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -12,13 +13,30 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`-n 2 --dist loadgroup`, not the default), tests that share the one
-    local SLURM cluster are meant to go to one worker: side by side they queue each other's jobs
-    past their time limits. Measured: with xdist 3.8 they were still spread over two workers, so
-    CI runs the suite in one process (see README)."""
+    """Under pytest-xdist (`--dist loadgroup`, the default in pyproject.toml) the tests that share
+    the one local SLURM cluster go to one worker: side by side they queue each other's jobs past
+    their time limits."""
     for item in items:
         if item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
+def pytest_configure(config):
+    """xdist 3.8 groups tests by a suffix it writes to `item._nodeid`; from pytest 9.2 a node id is
+    read from `_id`, so the groups would be ignored silently and the SLURM tests spread over
+    workers. Refuse to run that way (the test extra pins pytest < 9.2)."""
+    if config.getoption("dist", "no") != "loadgroup" or not config.getoption("numprocesses", None):
+        return
+    if _version(pytest.__version__) >= (9, 2) and _version(importlib.metadata.version("pytest-xdist")) <= (3, 8):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with pytest-xdist "
+            f"{importlib.metadata.version('pytest-xdist')} ignores `--dist loadgroup`: install the "
+            "test extra's pins (`pip install -e '.[test]'`) or run serially with `-n 0`"
+        )
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2])
 
 
 @pytest.fixture(scope="session")
