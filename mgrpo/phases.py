@@ -26,6 +26,7 @@ from mgrpo.algos.self_certainty import trajectory_self_certainty
 from mgrpo.config import ConfigError
 from mgrpo.algos.voting import VoteResult, majority_vote
 from mgrpo.models.scorer import ResponseScorer
+from mgrpo.padding import group_by_length, longest_first
 from mgrpo.rollout.base import Rollouts
 from mgrpo.sharding import reshard
 
@@ -68,14 +69,15 @@ def score_phase(
 ) -> Scores:
     """Log-probs of the response tokens and trajectory entropy under `scorer`, `chunk_size`
     sequences per forward pass, and each sample's self-certainty over the first
-    `self_certainty_vocab` ids when that is given (in the same pass). Under FSDP every rank must
-    run it on the same number of rows."""
+    `self_certainty_vocab` ids when that is given (in the same pass). The rows are scored
+    longest first, so each pass holds rows of similar length (the outputs keep the rollouts'
+    order). Under FSDP every rank must run it on the same number of rows."""
     was_training = scorer.training
     scorer.eval()
     device = compute_device(scorer)
+    order = longest_first(rollouts.attention_mask.sum(-1))
     logprobs, entropy, certainty = [], [], []
-    for start in range(0, len(rollouts), chunk_size):
-        rows = slice(start, start + chunk_size)
+    for rows in order.split(chunk_size):
         mask = rollouts.response_mask[rows].to(device)
         with context():
             lp, ent, *rest = scorer(
@@ -93,7 +95,15 @@ def score_phase(
             certainty.append(trajectory_self_certainty(rest[0], mask).cpu())
     reshard(scorer)
     scorer.train(was_training)
-    return Scores(torch.cat(logprobs), torch.cat(entropy), torch.cat(certainty) if certainty else None)
+    back = torch.argsort(order)
+    return Scores(torch.cat(logprobs)[back], torch.cat(entropy)[back], torch.cat(certainty)[back] if certainty else None)
+
+
+def take_pad_ratio(scorers: list[ResponseScorer]) -> tuple[float, float]:
+    """(decoder positions / real tokens, real tokens) over the passes `scorers` ran since the
+    last call (`ResponseScorer.take_position_counts`): 1.0 when no pass ran over padding."""
+    positions, tokens = (sum(c) for c in zip(*(s.take_position_counts() for s in scorers)))
+    return (positions / tokens if tokens else 1.0), float(tokens)
 
 
 def compute_device(model: torch.nn.Module) -> torch.device:
@@ -164,16 +174,20 @@ class UpdatePlan:
 
 
 def plan_update(
-    loss_mask: torch.Tensor, epochs: int, mini_batches: int, micro_batch_size: int, shuffle_seed: int
+    loss_mask: torch.Tensor, epochs: int, mini_batches: int, micro_batch_size: int, shuffle_seed: int,
+    lengths: Optional[torch.Tensor] = None,
 ) -> UpdatePlan:
     """This rank's plan, with local counts (see `UpdatePlan`; the trainer makes them global).
 
     Only rows with at least one trained token are planned. With one mini-batch per epoch the
     rows keep their order; with several, each epoch shuffles them with `shuffle_seed`'s stream
-    and splits them into exactly `mini_batches` parts (some possibly empty).
+    and splits them into exactly `mini_batches` parts (some possibly empty). With `lengths`, each
+    step's rows are then grouped by length into its micro-batches (`mgrpo.padding.group_by_length`):
+    the same rows and as many micro-batches per step, so only the float summation order changes.
 
     Args:
         loss_mask: (B, R) bool, the tokens that carry loss.
+        lengths: (B,) each row's real-token count (prompt and response).
     """
     trainable = torch.nonzero(loss_mask.any(-1)).squeeze(-1)
     generator = torch.Generator().manual_seed(shuffle_seed)
@@ -184,7 +198,8 @@ def plan_update(
         order = trainable[torch.randperm(trainable.numel(), generator=generator)] if mini_batches > 1 else trainable
         for part in np.array_split(np.arange(order.numel()), mini_batches):
             rows = order[torch.as_tensor(part, dtype=torch.long)]
-            steps.append(list(rows.split(micro_batch_size)) if rows.numel() else [])
+            split = rows.split(micro_batch_size) if lengths is None else group_by_length(rows, lengths, micro_batch_size)
+            steps.append(list(split) if rows.numel() else [])
             tokens.append(float(loss_mask[rows].sum()))
             seqs.append(float(rows.numel()))
     return UpdatePlan(steps, tokens, seqs)

@@ -132,7 +132,8 @@ def test_chunked_scorer_gradients_equal_one_chunk(tiny):
         (lp * ro.response_mask).sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     model.zero_grad(set_to_none=True)
-    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+    # Other head shapes sum in another order: a few float32 ulps of the largest entry (|g| ~ 12).
+    assert all((grads[0][n] - grads[1][n]).abs().max() <= 1e-6 * grads[1][n].abs().max() for n in grads[0])
 
 
 def test_filter_and_vote_phases_use_pooled_groups():

@@ -1,7 +1,7 @@
 """`ResponseScorer`: a causal LM that returns the log-probs and entropies of response tokens only.
 
-The trainer never asks a model for its full logits. The decoder runs once over [prompt |
-response]; the hidden states of the positions that predict counted response tokens are picked
+The trainer never asks a model for its full logits. The decoder runs once over each row's
+[prompt | response], without the batch's padding (`mgrpo.padding.pack_batch`); the hidden states of the positions that predict counted response tokens are picked
 out (prompt positions and padding are dropped before the LM head), and the LM head, the
 log-softmax and the entropy run over them `chunk_tokens` at a time. With gradients on, each chunk
 is recomputed in the backward pass instead of being stored, so a micro-batch never holds
@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mgrpo.algos.entropy import logprobs_and_entropy
 from mgrpo.algos.self_certainty import token_self_certainty
+from mgrpo.padding import pack_batch
 
 
 class ResponseScorer(torch.nn.Module):
@@ -32,6 +33,16 @@ class ResponseScorer(torch.nn.Module):
         super().__init__()
         self.lm = lm
         self.chunk_tokens = chunk_tokens
+        self.decoder_positions = 0
+        """Positions the decoder has run over since the last `take_position_counts`."""
+        self.real_tokens = 0
+        """Real (attended) tokens among them."""
+
+    def take_position_counts(self) -> tuple[int, int]:
+        """(decoder positions, real tokens) since the last call, and start counting afresh."""
+        counts = (self.decoder_positions, self.real_tokens)
+        self.decoder_positions = self.real_tokens = 0
+        return counts
 
     def forward(
         self,
@@ -43,7 +54,7 @@ class ResponseScorer(torch.nn.Module):
         self_certainty_vocab: Optional[int] = None,
     ) -> tuple[torch.Tensor, ...]:
         """Log-probs (and entropies, and self-certainties) of the counted response tokens at
-        `temperature`.
+        `temperature`. The decoder runs over these rows' tokens only (`mgrpo.padding.pack_batch`).
 
         Args:
             sequences: (b, P + R) left-padded prompt then right-padded response.
@@ -58,13 +69,14 @@ class ResponseScorer(torch.nn.Module):
             self_certainty: (b, R) float32, 0 where the mask is off; a third element only when
                 `self_certainty_vocab` is given.
         """
-        response_length = response_mask.shape[1]
-        prompt_length = sequences.shape[1] - response_length
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.lm.base_model(input_ids=sequences, attention_mask=attention_mask, position_ids=positions).last_hidden_state
-        # Position t predicts token t + 1: the response tokens are predicted from P - 1 .. P + R - 2.
-        predicting = hidden[:, prompt_length - 1 : -1][response_mask]
-        targets = sequences[:, prompt_length:][response_mask]
+        ids, attention, predicts = pack_batch(sequences, attention_mask, response_mask)
+        self.decoder_positions += ids.numel()
+        self.real_tokens += int(attention.sum())
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.lm.base_model(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
+        # Position t predicts token t + 1.
+        predicting = hidden[:, :-1][predicts]
+        targets = ids[:, 1:][predicts]
         logprob_chunks, entropy_chunks, certainty_chunks = [], [], []
         for start in range(0, targets.shape[0], self.chunk_tokens):
             rows = slice(start, start + self.chunk_tokens)
