@@ -59,6 +59,10 @@ LABEL_FREE_METRICS = (
 """Per-step health signals that a run without labels has: computed from samples, answers,
 votes, entropies and weights only."""
 
+PAD_RATIO_METRIC = "time/pad_ratio"
+"""Decoder positions the step's scoring and update passes ran over, per real token in them (1.0:
+no compute on padding; `mgrpo.padding`). Depends on how rows fall into passes, hence on ranks."""
+
 
 @dataclass
 class LocalMetrics:

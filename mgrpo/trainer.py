@@ -52,6 +52,7 @@ from mgrpo.phases import (
     sampler_self_certainty,
     score_phase,
     stream_seed,
+    take_pad_ratio,
     timed,
     update_phase,
     vote_phase,
@@ -61,7 +62,7 @@ from mgrpo.rollout import build_engines, encode_prompts, sample_seed
 from mgrpo.rollout.base import Rollouts
 from mgrpo.run_monitor import RunMonitor
 from mgrpo.sharding import compute_context, full_parameters
-from mgrpo.step_metrics import PseudoLabelMemory, logprob_drift, role_signals, step_metrics, step_pseudo_labels
+from mgrpo.step_metrics import PAD_RATIO_METRIC, PseudoLabelMemory, logprob_drift, role_signals, step_metrics, step_pseudo_labels
 from mgrpo.tasks import Problem, load_task, prepare_task
 from mgrpo.tracking import Tracker
 from mgrpo.vote_check import vote_check
@@ -197,6 +198,8 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         cfg, a, r = self.cfg, self.cfg.algo, self.cfg.rollout
         times: dict[str, float] = {}
+        scorers = [m for m in (self.policy, self.reference, self.momentum) if m is not None]
+        take_pad_ratio(scorers)  # count this step's passes only, not the evaluation's before it
         problems = self.batch_problems(step)
         mine = self.ranks.shard(len(problems))
         problems, indices = problems[mine], list(range(mine.start, mine.stop))
@@ -285,6 +288,7 @@ class Trainer:
 
         local = step_metrics(problems, policy_ro, policy_entropy, answers, vote, keep, policy_rewards, advantages, members, adv_metrics, update, self.equivalent)
         local.weighted.update(extra)
+        local.weighted[PAD_RATIO_METRIC] = take_pad_ratio(scorers)
         with timed(times, "signals"):  # label-free health signals that need more than one vote
             if momentum_ro is not None:
                 local.weighted.update(role_signals(answers, pooled_groups.tolist(), num_policy_samples, vote, self.equivalent))
@@ -352,7 +356,7 @@ class Trainer:
         rank runs as many micro-batches as the busiest (none trains on nothing silently)."""
         a = self.cfg.algo
         loss_mask = policy_ro.response_mask & members.unsqueeze(-1)
-        plan = plan_update(loss_mask, a.ppo_epochs, a.mini_batches, self.cfg.optim.micro_batch_size, stream_seed(self.cfg.trainer.seed, step, SHUFFLE_STREAM) + self.ranks.rank)
+        plan = plan_update(loss_mask, a.ppo_epochs, a.mini_batches, self.cfg.optim.micro_batch_size, stream_seed(self.cfg.trainer.seed, step, SHUFFLE_STREAM) + self.ranks.rank, policy_ro.attention_mask.sum(-1))
         counts = self.ranks.all_reduce(plan.num_tokens + plan.num_seqs)
         plan.num_tokens, plan.num_seqs = counts[: len(plan.num_tokens)], counts[len(plan.num_tokens) :]
         most = self.ranks.all_reduce([len(m) for m in plan.micro_batches], op="max")
