@@ -38,6 +38,7 @@ REQUIRED_METRICS = {
     "time/update",
     "time/ema",
     "time/signals",
+    "time/pad_ratio",
 }
 
 
@@ -77,6 +78,7 @@ def test_each_algorithm_trains_and_logs_every_metric(algo, tiny_cache, tmp_path)
     else:
         assert "train/entropy_momentum" not in series
     assert [s for s, _ in series["train/loss"]] == [1, 2, 3]
+    assert all(ratio >= 1.0 for _, ratio in series["time/pad_ratio"]), "a pass runs over every real token"
     assert [s for s, _ in series["val/accuracy"]] == [0, 2, 3]
     assert series["val/accuracy"][0][1] > 0.2, "the base model should answer some held-out problems"
 
