@@ -1,9 +1,10 @@
 """`ResponseScorer`: a causal LM that returns the log-probs and entropies of response tokens only.
 
 The trainer never asks a model for its full logits. The decoder runs once over each row's
-[prompt | response], without the batch's padding (`mgrpo.padding.pack_batch`); the hidden states of the positions that predict counted response tokens are picked
-out (prompt positions and padding are dropped before the LM head), and the LM head, the
-log-softmax and the entropy run over them `chunk_tokens` at a time. With gradients on, each chunk
+[prompt | response], without the batch's padding (`mgrpo.padding.pack_batch`); the hidden states
+of the positions that predict counted response tokens are picked out (prompt positions and
+padding are dropped before the LM head), and the LM head, the log-softmax and the entropy run
+over them `chunk_tokens` at a time. With gradients on, each chunk
 is recomputed in the backward pass instead of being stored, so a micro-batch never holds
 tokens x vocab logits (Qwen3: 151,936 entries per token) beyond one chunk, in float32 or
 otherwise.
