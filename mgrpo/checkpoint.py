@@ -4,14 +4,16 @@ Layout: `<output_dir>/checkpoints/step_000050/` holding
 - `dcp/`: policy, momentum and optimizer state as `torch.distributed.checkpoint` shards (one
   file per rank plus `.metadata`), written from each rank's shards with `get_state_dict`. DCP
   reshards on load, so a checkpoint written by W ranks resumes on W' ranks;
-- `policy/` (and `momentum/`): ordinary Hugging Face checkpoint directories gathered by rank 0
-  one parameter at a time (the policy in the compute dtype, the momentum in float32), so either
-  can be evaluated or served as is;
 - `scheduler.pt`, `rng/rank_<r>.pt`, and `trainer_state.json` (step, MLflow run id and its unsent
   buffer, monitor history, and the config fingerprint a resume must match);
 - `COMPLETE`: written last. Every rank writes into one temporary directory; after a barrier,
   rank 0 marks it complete and renames it into place, so a kill at any moment leaves either the
   old or the new checkpoint.
+
+That is all a resume reads. Hugging Face copies of the models are exports (`mgrpo.exports`),
+written only at the final step and where `trainer.export_every` asks; checkpoints written before
+that change also hold `policy/` and `momentum/` directories, which resume ignores and
+`mgrpo-eval` still evaluates.
 
 A checkpoint that is corrupt or was written by an incompatible configuration is reported with
 what is wrong and what to do, and is never overwritten or deleted.
@@ -31,21 +33,25 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from mgrpo.models.scorer import ResponseScorer
 from mgrpo.parallel import Ranks
-from mgrpo.sharding import full_parameters, reshard
+from mgrpo.sharding import reshard
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 DCP_DIR = "dcp"
-REQUIRED = (f"{DCP_DIR}/.metadata", STATE_FILE, "scheduler.pt", "policy")
+REQUIRED = (f"{DCP_DIR}/.metadata", STATE_FILE, "scheduler.pt")
 
 
 FINGERPRINT_EXCLUDE = {
     "trainer.eval_every",
     "trainer.checkpoint_every",
     "trainer.keep_last",
+    "trainer.export_every",
+    "trainer.export_momentum",
+    "trainer.keep_finished_state",
     "trainer.output_dir",
     "trainer.num_threads",
     "trainer.device",
@@ -88,6 +94,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message says why and how to proceed."""
 
 
+def load_failure(err: BaseException) -> str:
+    """What went wrong reading a checkpoint, in one line. DCP wraps each rank's error in a
+    `CheckpointException` (a BaseException) whose first line names only the ranks."""
+    if isinstance(err, CheckpointException) and err.failures:
+        err = next(iter(err.failures.values()))[0]
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
 @dataclass
 class LoadedCheckpoint:
     path: Path
@@ -102,8 +117,6 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     momentum: Optional[ResponseScorer]
-    policy_export_dtype: torch.dtype
-    tokenizer: Any
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -132,40 +145,44 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def tied_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """alias -> name, for each parameter registered under a second name (tied input and output
+    embeddings). The same on every rank: it reads the module's structure, not its shards."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
 def _dcp_state(train: TrainingState, with_optimizer: bool) -> dict[str, Any]:
+    """What DCP saves and loads: model state dicts without tied aliases, which DCP would store
+    a second time (4 bytes per embedding weight per model; 3.1 GB a checkpoint for Qwen3-4B).
+    Checkpoints that hold the aliases still load: DCP reads only the names asked for."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    def without_aliases(scorer: ResponseScorer, model_sd: dict[str, Any]) -> dict[str, Any]:
+        aliases = tied_aliases(scorer)
+        return {name: tensor for name, tensor in model_sd.items() if name not in aliases}
 
     reshard(train.policy)
     if with_optimizer:
         model_sd, optim_sd = get_state_dict(train.policy, train.optimizer)
-        state = {"policy": model_sd, "optimizer": optim_sd}
+        state = {"policy": without_aliases(train.policy, model_sd), "optimizer": optim_sd}
     else:
-        state = {"policy": get_model_state_dict(train.policy)}
+        state = {"policy": without_aliases(train.policy, get_model_state_dict(train.policy))}
     if train.momentum is not None:
         reshard(train.momentum)
-        state["momentum"] = get_model_state_dict(train.momentum)
+        state["momentum"] = without_aliases(train.momentum, get_model_state_dict(train.momentum))
     return state
 
 
-def export_hf(scorer: ResponseScorer, ranks: Ranks, directory: Path, dtype: torch.dtype, tokenizer=None) -> None:
-    """Write `scorer`'s model as a Hugging Face checkpoint dir from rank 0 (all ranks call this)."""
-    from safetensors.torch import save_file
-
-    tensors = {name: tensor.to("cpu").contiguous() for name, tensor in full_parameters(scorer, dtype) if ranks.is_main}
-    if not ranks.is_main:
-        return
-    directory.mkdir(parents=True)
-    config = scorer.lm.config
-    previous_dtype = config.dtype
-    config.dtype = dtype
-    config.save_pretrained(directory)
-    config.dtype = previous_dtype
-    generation = getattr(scorer.lm, "generation_config", None)
-    if generation is not None:
-        generation.save_pretrained(directory)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+def _with_aliases(scorer: ResponseScorer, model_sd: dict[str, Any]) -> dict[str, Any]:
+    """A loaded model state dict with each tied alias pointing at its parameter's tensor again."""
+    return {**model_sd, **{alias: model_sd[name] for alias, name in tied_aliases(scorer).items()}}
 
 
 def save_checkpoint(output_dir: Path, step: int, ranks: Ranks, train: TrainingState, state: dict[str, Any], keep_last: int) -> Path:
@@ -181,11 +198,8 @@ def save_checkpoint(output_dir: Path, step: int, ranks: Ranks, train: TrainingSt
             shutil.rmtree(tmp)  # left by a run killed while writing; never a complete checkpoint
         (tmp / "rng").mkdir(parents=True)
     ranks.barrier()
-    with _single_process_quiet():
+    with quiet_single_process():
         dcp.save(_dcp_state(train, with_optimizer=bool(train.optimizer.state)), checkpoint_id=str(tmp / DCP_DIR), no_dist=not ranks.distributed)
-    export_hf(train.policy, ranks, tmp / "policy", train.policy_export_dtype, train.tokenizer)
-    if train.momentum is not None:
-        export_hf(train.momentum, ranks, tmp / "momentum", torch.float32, train.tokenizer)
     torch.save(capture_rng(), tmp / "rng" / f"rank_{ranks.rank}.pt")
     _fsync_files(tmp, lambda f: f"__{ranks.rank}_" in f.name or f.name == f"rank_{ranks.rank}.pt")
     ranks.barrier()
@@ -212,7 +226,7 @@ def save_checkpoint(output_dir: Path, step: int, ranks: Ranks, train: TrainingSt
 
 
 @contextmanager
-def _single_process_quiet() -> Iterator[None]:
+def quiet_single_process() -> Iterator[None]:
     """DCP warns that it runs without a process group; on one rank that is the intent."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -243,14 +257,39 @@ def latest_checkpoint(output_dir: Path) -> Optional[LoadedCheckpoint]:
     )
     if not (newest / MARKER).exists():
         raise CheckpointError(f"checkpoint {newest} is incomplete (no {MARKER} marker). {advice}")
-    missing = [name for name in REQUIRED if not (newest / name).exists()]
-    if missing:
-        raise CheckpointError(f"checkpoint {newest} is corrupt: missing {', '.join(missing)}. {advice}")
+    if not (newest / STATE_FILE).exists():
+        raise CheckpointError(f"checkpoint {newest} is corrupt: missing {STATE_FILE}. {advice}")
     try:
         state = json.loads((newest / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"checkpoint {newest} is corrupt: cannot read {STATE_FILE} ({err}). {advice}") from err
+    pruned = state.get("finished") and not (newest / DCP_DIR).exists()  # `drop_resume_state`: nothing to load
+    missing = [] if pruned else [name for name in REQUIRED if not (newest / name).exists()]
+    if missing:
+        raise CheckpointError(f"checkpoint {newest} is corrupt: missing {', '.join(missing)}. {advice}")
     return LoadedCheckpoint(newest, state)
+
+
+def has_resume_state(checkpoint: LoadedCheckpoint) -> bool:
+    return (checkpoint.path / DCP_DIR).exists()
+
+
+def drop_resume_state(output_dir: Path) -> int:
+    """Delete what only a resume reads (DCP state, RNG, scheduler) from every checkpoint of a
+    finished run, which is never resumed; `trainer_state.json` and the marker stay, so a rerun
+    still says the run finished, and so do the exports. Rank 0 calls this. Returns bytes freed.
+    Older checkpoints go first: a kill in between leaves the newest one whole."""
+    freed = 0
+    for step_dir in _step_dirs(checkpoint_root(output_dir)):
+        for name in (DCP_DIR, "rng", "scheduler.pt"):
+            path = step_dir / name
+            if path.is_dir():
+                freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                shutil.rmtree(path)
+            elif path.exists():
+                freed += path.stat().st_size
+                path.unlink()
+    return freed
 
 
 def check_compatible(checkpoint: LoadedCheckpoint, fingerprint: dict[str, str]) -> None:
@@ -277,23 +316,24 @@ def load_checkpoint(checkpoint: LoadedCheckpoint, ranks: Ranks, train: TrainingS
         state = _dcp_state(train, with_optimizer)
         if (train.momentum is None) != ("momentum" not in _saved_keys(path / DCP_DIR)):
             raise CheckpointError(f"checkpoint {path} {'lacks' if train.momentum is not None else 'has'} a momentum model")
-        with _single_process_quiet():
+        with quiet_single_process():
             dcp.load(state, checkpoint_id=str(path / DCP_DIR), no_dist=not ranks.distributed)
+        policy_sd = _with_aliases(train.policy, state["policy"])
         if with_optimizer:
-            set_state_dict(train.policy, train.optimizer, model_state_dict=state["policy"], optim_state_dict=state["optimizer"])
+            set_state_dict(train.policy, train.optimizer, model_state_dict=policy_sd, optim_state_dict=state["optimizer"])
         else:
-            set_model_state_dict(train.policy, state["policy"])
+            set_model_state_dict(train.policy, policy_sd)
         if train.momentum is not None:
-            set_model_state_dict(train.momentum, state["momentum"])
+            set_model_state_dict(train.momentum, _with_aliases(train.momentum, state["momentum"]))
         train.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         rng = path / "rng" / f"rank_{ranks.rank}.pt"
         if rng.exists() and checkpoint.state.get("world_size", 1) == ranks.world_size:
             restore_rng(torch.load(rng, weights_only=False))
     except CheckpointError:
         raise
-    except Exception as err:
+    except (Exception, CheckpointException) as err:
         raise CheckpointError(
-            f"checkpoint {path} cannot be restored ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            f"checkpoint {path} cannot be restored ({load_failure(err)}). "
             f"Move it out of {path.parent} to resume from the previous one, or use a new trainer.output_dir."
         ) from err
 

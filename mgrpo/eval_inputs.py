@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from mgrpo import checkpoint as ckpt
 from mgrpo.config import Config, ConfigError
 from mgrpo.config_checks import validate_benchmarks
+from mgrpo.exports import EXPORT_FILE, EXPORTS_DIR, POLICY, export_dir, export_from_checkpoint, read_export
 
 
 class EvalError(RuntimeError):
@@ -23,14 +24,17 @@ class EvalError(RuntimeError):
 class CheckpointInfo:
     """What is evaluated and where it came from."""
 
-    model_path: str
-    """The HF checkpoint directory (or hub name) given to the engine."""
+    model_path: Optional[str]
+    """The HF checkpoint directory (or hub name) given to the engine; None until a checkpoint
+    without an export is converted (`convert_from`, `materialize`)."""
     step: int
     """The training step of the checkpoint (0 for a checkpoint from elsewhere)."""
     run_dir: Optional[Path]
     """The run's output directory, when the checkpoint belongs to a run."""
     run_id: Optional[str]
     """The MLflow run that wrote the checkpoint, when known."""
+    convert_from: Optional[Path] = None
+    """A run's checkpoint that has no Hugging Face export: its DCP policy is exported first."""
 
     @property
     def label(self) -> str:
@@ -44,36 +48,59 @@ def _hub_name(value: str) -> bool:
 
 
 def _from_step_dir(step_dir: Path, model_dir: Optional[Path] = None) -> CheckpointInfo:
+    """A run's checkpoint: its export if it has one (`exports/step_N/policy`, or `policy/` inside
+    a checkpoint written before exports moved out), else its DCP state, converted later."""
     if not (step_dir / ckpt.MARKER).exists():
         raise EvalError(f"checkpoint {step_dir} is incomplete (no {ckpt.MARKER} marker); evaluate another checkpoint")
     try:
         state = json.loads((step_dir / ckpt.STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise EvalError(f"checkpoint {step_dir}: cannot read {ckpt.STATE_FILE} ({e})") from e
-    model = model_dir or step_dir / "policy"
-    if not (model / "config.json").exists():
-        raise EvalError(f"checkpoint {step_dir} has no Hugging Face model in {model.name}/ (no config.json)")
     run_dir = step_dir.parent.parent
+    step = int(state["step"])
+    if model_dir is None:
+        exported = [d for d in (export_dir(run_dir, step) / POLICY, step_dir / POLICY) if (d / "config.json").exists()]
+        model_dir = exported[0] if exported else None
     run_id = (state.get("tracking") or {}).get("run_id")
     if not run_id and (run_dir / "mlflow_run_id").exists():
         run_id = (run_dir / "mlflow_run_id").read_text().strip() or None
-    return CheckpointInfo(str(model.resolve()), int(state["step"]), run_dir.resolve(), run_id)
+    if model_dir is None and not (step_dir / ckpt.DCP_DIR).is_dir():
+        exports = sorted(p.name for p in (run_dir / EXPORTS_DIR).glob("step_*"))
+        raise EvalError(
+            f"checkpoint {step_dir} keeps no model: the run finished and deleted its resume state "
+            f"(trainer.keep_finished_state=false), and step {step} was not exported (trainer.export_every); "
+            f"evaluate one of its exports in {run_dir / EXPORTS_DIR}: {', '.join(exports) or 'none'}"
+        )
+    if model_dir is None:
+        return CheckpointInfo(None, step, run_dir.resolve(), run_id, convert_from=step_dir.resolve())
+    return CheckpointInfo(str(model_dir.resolve()), step, run_dir.resolve(), run_id)
+
+
+def _from_export(directory: Path, model_dir: Path, export: dict) -> CheckpointInfo:
+    run_dir = directory.parent.parent
+    return CheckpointInfo(str(model_dir.resolve()), int(export["step"]), run_dir.resolve(), export.get("run_id"))
 
 
 def locate_checkpoint(path: str) -> CheckpointInfo:
     """Resolve PATH: a run's output dir (latest complete checkpoint), a checkpoint dir
-    (`step_NNNNNN`), a model dir inside one (`policy/`, `momentum/`), any HF checkpoint dir, or
-    a hub name."""
+    (`checkpoints/step_NNNNNN`), an export (`exports/step_NNNNNN`) or a model dir inside one
+    (`policy/`, `momentum/`), any HF checkpoint dir, or a hub name."""
     p = Path(path).expanduser()
     if not p.exists():
         if _hub_name(path) and not path.startswith((".", "/", "~")):
             return CheckpointInfo(path, 0, None, None)
         raise EvalError(f"{path}: no such checkpoint, run directory or model directory")
-    if (p / ckpt.STATE_FILE).exists() and (p / "policy").is_dir():
+    if (p / ckpt.STATE_FILE).exists() and (p / ckpt.MARKER).exists():
         return _from_step_dir(p)
+    export = read_export(p)
+    if export is not None and (p / POLICY / "config.json").exists():
+        return _from_export(p, p / POLICY, export)
     if (p / "config.json").exists():
         if (p.parent / ckpt.STATE_FILE).exists():
             return _from_step_dir(p.parent, p)
+        export = read_export(p.parent)
+        if export is not None:
+            return _from_export(p.parent, p, export)
         return CheckpointInfo(str(p.resolve()), 0, None, None)
     if ckpt.checkpoint_root(p).is_dir():
         try:
@@ -85,8 +112,31 @@ def locate_checkpoint(path: str) -> CheckpointInfo:
         return _from_step_dir(found.path)
     raise EvalError(
         f"{path} is neither a run's output directory (no checkpoints/), a checkpoint (no {ckpt.STATE_FILE} and "
-        "policy/) nor a Hugging Face model directory (no config.json)"
+        f"{ckpt.MARKER}), an export (no {EXPORT_FILE}) nor a Hugging Face model directory (no config.json)"
     )
+
+
+def materialize(info: CheckpointInfo, cfg: Config) -> str:
+    """The model directory to evaluate: `info.model_path`, or, for a checkpoint without an
+    export, its DCP policy exported now into the run's `exports/step_NNNNNN/` (in the run's
+    compute dtype, as training exports it), where the next evaluation finds it."""
+    if info.convert_from is None:
+        return info.model_path
+    import sys
+
+    import torch
+
+    from mgrpo.models.loading import load_tokenizer, resolve_model_path
+
+    base = resolve_model_path(cfg.model, cfg.data)
+    destination = export_dir(info.run_dir, info.step)
+    print(f"[mgrpo-eval] {info.convert_from} has no export: writing its policy to {destination} (from its DCP state)", file=sys.stderr)
+    try:
+        model = export_from_checkpoint(info.convert_from, destination, base, getattr(torch, cfg.model.dtype), load_tokenizer(base), info.run_id)
+    except OSError as e:
+        raise EvalError(f"cannot write the export of {info.convert_from} into {destination} ({e}); make the run directory writable") from e
+    info.model_path, info.convert_from = str(model.resolve()), None
+    return info.model_path
 
 
 def load_config(info: CheckpointInfo, overrides: Sequence[str]) -> Config:

@@ -57,6 +57,7 @@ from mgrpo.phases import (
     update_phase,
     vote_phase,
 )
+from mgrpo.exports import export_run_models
 from mgrpo.requeue import JobStopped, StopRequest
 from mgrpo.rollout import build_engines, encode_prompts, sample_seed
 from mgrpo.rollout.base import Rollouts
@@ -129,7 +130,7 @@ class Trainer:
         return ckpt.config_fingerprint(asdict(self.cfg))
 
     def training_state(self) -> ckpt.TrainingState:
-        return ckpt.TrainingState(self.policy, self.optimizer, self.scheduler, self.momentum, self.compute_dtype, self.tokenizer)
+        return ckpt.TrainingState(self.policy, self.optimizer, self.scheduler, self.momentum)
 
     def resume(self) -> bool:
         """Load the newest checkpoint of this output dir, if any. True when resumed."""
@@ -137,7 +138,8 @@ class Trainer:
         if found is None:
             return False
         ckpt.check_compatible(found, self.fingerprint())
-        ckpt.load_checkpoint(found, self.ranks, self.training_state())
+        if ckpt.has_resume_state(found):  # else a finished run's, with only its record left
+            ckpt.load_checkpoint(found, self.ranks, self.training_state())
         self.step = int(found.state["step"])
         self.monitor.load_state_dict(found.state)
         self.label_memory.load_state_dict(found.state)
@@ -156,6 +158,11 @@ class Trainer:
             "data_position": self.step * self.cfg.trainer.prompts_per_step,
         }
         return ckpt.save_checkpoint(self.output_dir, self.step, self.ranks, self.training_state(), state, self.cfg.trainer.keep_last)
+
+    def export(self) -> Path:
+        """The Hugging Face export of this step (`mgrpo.exports`), on every rank."""
+        momentum = self.momentum if self.cfg.trainer.export_momentum else None
+        return export_run_models(self.output_dir, self.step, self.ranks, self.policy, momentum, self.compute_dtype, self.tokenizer, self.tracker.run_id)
 
     def batch_problems(self, step: int) -> list[Problem]:
         """All prompts of step `step` (1-based), over all ranks: consecutive slices of a seeded
@@ -407,8 +414,15 @@ class Trainer:
             self.finished = stop_early or step == t.total_steps
             # Every rank asks at the same point, so all stop after the same step.
             warned = not self.finished and self.stop is not None and self.stop.agreed(self.ranks)
-            if step % t.checkpoint_every == 0 or self.finished or warned:
+            exporting = self.finished or (t.export_every > 0 and step % t.export_every == 0)
+            if exporting:
+                # Before the checkpoint: a kill in between resumes before this step and exports it again.
+                self.export()
+            if step % t.checkpoint_every == 0 or exporting or warned:
                 saved = self.save()
+            if self.finished and not t.keep_finished_state and self.ranks.is_main:
+                freed = ckpt.drop_resume_state(self.output_dir)
+                log.info("finished: deleted %.2f GB of resume state (trainer.keep_finished_state=false)", freed / 1e9)
             if warned:
                 if progress is not None:
                     progress.close()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mgrpo import checkpoint as ckpt
+from mgrpo.exports import export_dir
 from mgrpo.models import resolve_model_path
 from mgrpo.tasks import TaskData
 from tests.trainer_helpers import cli, compose_config, metric_series, train
@@ -82,13 +83,14 @@ def test_each_algorithm_trains_and_logs_every_metric(algo, tiny_cache, tmp_path)
     assert [s for s, _ in series["val/accuracy"]] == [0, 2, 3]
     assert series["val/accuracy"][0][1] > 0.2, "the base model should answer some held-out problems"
 
-    saved = ckpt.load_tensors(ckpt.latest_checkpoint(out).path / "policy")
+    final = ckpt.latest_checkpoint(out).path
+    assert not (final / "policy").exists() and not (final / "momentum").exists(), "a checkpoint holds only what resume needs"
+    saved = ckpt.load_tensors(export_dir(out, 3) / "policy")
     cfg = compose_config(fast_overrides(tiny_cache, uri, "e2e", f"algo={algo}"))
     base = ckpt.load_tensors(Path(resolve_model_path(cfg.model, cfg.data)))
     changed = [k for k in base if not torch.equal(base[k], saved[k])]
     assert changed, "the policy's parameters did not change"
-    momentum_dir = ckpt.latest_checkpoint(out).path / "momentum"
-    assert momentum_dir.exists() == (algo == "mgrpo")
+    assert not (export_dir(out, 3) / "momentum").exists(), "the momentum is exported only with trainer.export_momentum"
 
 
 def test_label_free_runs_never_read_training_labels(tiny_cache, tmp_path, monkeypatch):
@@ -201,17 +203,18 @@ def test_bad_config_fails_before_work_with_the_key_named(tmp_path):
 def test_corrupt_checkpoint_is_reported_and_kept(tiny_cache, tmp_path):
     out = tmp_path / "run"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=2"), out)
+    keep = "trainer.keep_finished_state=true"  # the run finishes, and its resume state is what is corrupted
+    train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=2", keep), out)
     newest = ckpt.latest_checkpoint(out).path
     (newest / "scheduler.pt").unlink()
     before = sorted(p.name for p in newest.iterdir())
     with pytest.raises(ckpt.CheckpointError, match="missing scheduler.pt"):
-        train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=4"), out)
+        train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=4", keep), out)
     assert sorted(p.name for p in newest.iterdir()) == before
 
     (newest / "scheduler.pt").write_bytes(b"")
     with pytest.raises(ckpt.CheckpointError, match="cannot be restored"):
-        train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=2"), out)
+        train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=2", keep), out)
     (newest / ckpt.MARKER).unlink()
     with pytest.raises(ckpt.CheckpointError, match="incomplete"):
         train(fast_overrides(tiny_cache, uri, "corrupt", "trainer.total_steps=4"), out)

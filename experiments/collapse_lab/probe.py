@@ -1,7 +1,7 @@
 """How a policy checkpoint does the lab's sums: where its errors are, and what its samples look like.
 
     python experiments/collapse_lab/probe.py base=~/.cache/mgrpo/tiny-754c9a37323247e2 \
-        intuitor_s0=multirun/.../checkpoints/step_000200/policy
+        intuitor_s0=multirun/.../exports/step_000200/policy
     python experiments/collapse_lab/probe.py --certainty-vs-correctness base=~/.cache/mgrpo/tiny-...
 
 Per checkpoint, on the held-out problems of the default arithmetic task: greedy accuracy, the
