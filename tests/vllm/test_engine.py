@@ -4,6 +4,7 @@ seeds (also for more prompts than one prefill step holds), greedy."""
 from __future__ import annotations
 
 import gc
+import math
 import time
 import weakref
 
@@ -13,7 +14,8 @@ import torch
 from mgrpo.rollout.base import encode_prompts
 from mgrpo.rollout.handoff import tensor_checksum
 from mgrpo.rollout.vllm import VLLMRolloutEngine
-from tests.vllm.helpers import drift, perturb, response_tokens
+from mgrpo.rollout.vllm_setup import engine_sequences
+from tests.vllm.helpers import KV_CACHE_GB, MAX_MODEL_LEN, drift, perturb, response_tokens
 
 pytestmark = pytest.mark.vllm
 
@@ -196,3 +198,18 @@ def test_overlong_request_names_the_settings(engine: VLLMRolloutEngine, tokenize
     prompt = encode(tokenizer, [LONG_PROMPT])
     with pytest.raises(ValueError, match="rollout.max_new_tokens"):
         engine.generate(prompt, n=1, temperature=1.0, max_new_tokens=engine.max_model_len, seeds=[0])
+
+
+def test_no_more_sequences_run_than_the_cache_holds_at_full_length(engine: VLLMRolloutEngine, checkpoint, synced_hf, tokenizer) -> None:
+    """vLLM is told to run at most the sequences its explicit KV cache holds at max_model_len
+    (so none is preempted and recomputed); its own block count agrees. More requests than that
+    wait their turn, and each sample still depends on its own seed only."""
+    config = engine.llm.llm_engine.vllm_config
+    fit = engine_sequences(str(checkpoint), torch.float32, MAX_MODEL_LEN, KV_CACHE_GB)
+    assert engine.max_num_seqs == fit == config.scheduler_config.max_num_seqs < 256, "below vLLM's CPU default: the limit is ours"
+    assert fit * math.ceil(MAX_MODEL_LEN / config.cache_config.block_size) <= config.cache_config.num_gpu_blocks
+    prompts = encode(tokenizer, [f"{i}+{i + 1}=" for i in range(fit + 7)])
+    seeds = list(range(900, 900 + len(prompts)))
+    queued = engine.generate(prompts, n=1, temperature=1.0, max_new_tokens=6, seeds=seeds)
+    alone = engine.generate(prompts[-1:], n=1, temperature=1.0, max_new_tokens=6, seeds=seeds[-1:])
+    assert response_tokens(alone, [0]) == response_tokens(queued, [len(prompts) - 1])
