@@ -21,13 +21,17 @@ from typing import Mapping, Optional
 import numpy as np
 import pandas as pd
 
-ACCURACY = "val/accuracy"
-PSEUDO_REWARD = "train/pseudo_reward"
-TRUE_ACCURACY = "train/true_accuracy"
-LABEL_ACCURACY = "train/label_accuracy"
-ENTROPY = "train/entropy"
-VOTE_SHARE = "train/vote_share"
-ZERO_STD_FRAC = "train/zero_std_frac"
+from mgrpo.metric_names import (
+    ENTROPY,
+    LABEL_ACCURACY,
+    PSEUDO_REWARD,
+    SELECTION_ACCURACY as ACCURACY,
+    TRUE_ACCURACY,
+    VOTE_SHARE,
+    ZERO_STD_FRAC,
+    is_eval_metric,
+)
+
 USED_METRICS = (PSEUDO_REWARD, TRUE_ACCURACY, LABEL_ACCURACY, ENTROPY, VOTE_SHARE, ZERO_STD_FRAC)
 """Curves the detectors read, besides the held-out accuracy metric; others are ignored."""
 
@@ -47,7 +51,8 @@ class DetectorInfo:
     name: str
     reads_labels: bool
     """True when an input is a held-out accuracy or a diagnostic computed from gold answers
-    (`train/true_accuracy`, `train/label_accuracy`): such a detector cannot run without labels."""
+    (`collapse/true_accuracy`, `collapse/label_accuracy`): such a detector cannot run without
+    labels."""
     inputs: tuple[str, ...]
     description: str = ""
 
@@ -70,19 +75,21 @@ label-free ones that make up a verdict without labels)."""
 class Thresholds:
     """Every threshold of the collapse detectors, with the reason for its default.
 
-    Two kinds of curve are judged. *Evaluation curves* (`val/accuracy`) have one point per
-    evaluation (every `trainer.eval_every` steps) and binomial noise with standard error
-    sqrt(p(1-p)/n) on n held-out problems: 0.0155 at p = 0.4, n = 1000. *Training curves*
-    (`train/*`) have one point per optimizer step and batch noise of unknown size, so their
-    noise is estimated from the curve itself: sigma = 1.4826 * median|x[t] - x[t-1]| / sqrt(2),
-    which a slow trend barely moves. A change between a smoothed peak and the smoothed last
-    value (a centred window of w steps holds only w/2 at the end) has standard error
-    sigma * sqrt(3/w); that is the noise unit for training curves.
+    Two kinds of curve are judged. *Evaluation curves* (`collapse/selection_accuracy`) have one
+    point per evaluation (every `trainer.eval_every` steps) and binomial noise with standard
+    error sqrt(p(1-p)/n) on n held-out problems: 0.0155 at p = 0.4, n = 1000. *Training curves*
+    (the other `collapse/*`) have one point per optimizer step and batch noise of unknown size,
+    so their noise is estimated from the curve itself:
+    sigma = 1.4826 * median|x[t] - x[t-1]| / sqrt(2), which a slow trend barely moves. A change
+    between a smoothed peak and the smoothed last value (a centred window of w steps holds only
+    w/2 at the end) has standard error sigma * sqrt(3/w); that is the noise unit for training
+    curves.
     """
 
     heldout_size: int = 1000
-    """n, held-out problems per evaluation, for the standard error of `val/accuracy`. Offline,
-    a run's own `trainer.eval_size` or `data.heldout_size` param takes precedence."""
+    """n, held-out problems per evaluation, for the standard error of
+    `collapse/selection_accuracy`. Offline, a run's own `trainer.eval_size` or `data.heldout_size`
+    param takes precedence."""
     noise_z: float = 3.0
     """A fall (or rise) must exceed this many noise units: the standard error of one evaluation
     for evaluation curves, sigma * sqrt(3/w) for training curves. 3 leaves room for the peak
@@ -108,15 +115,15 @@ class Thresholds:
     """Divergence: the smoothed pseudo-reward must rise at least this much above its value at
     the accuracy peak (and by noise_z of its own noise) while accuracy falls."""
     entropy_ratio: float = 0.3
-    """Entropy collapse: smoothed `train/entropy` falls to at most this fraction of its initial
+    """Entropy collapse: smoothed `collapse/entropy` falls to at most this fraction of its initial
     value (mean of the first `train_smooth` steps)..."""
     entropy_early_frac: float = 0.5
     """...within this fraction of the steps observed so far, and stays there. A slow decline
     late in training is ordinary RL sharpening, not the sharp early fall of Figure 2."""
     consensus_level: float = 0.95
-    """Degenerate consensus: smoothed `train/vote_share` and `train/zero_std_frac` both at or
-    above this level. Not fired while smoothed `train/label_accuracy` (when logged) is also at
-    this level: agreeing on correct answers is convergence, not degeneracy."""
+    """Degenerate consensus: smoothed `collapse/vote_share` and `collapse/zero_std_frac` both at
+    or above this level. Not fired while smoothed `collapse/label_accuracy` (when logged) is also
+    at this level: agreeing on correct answers is convergence, not degeneracy."""
 
     def __post_init__(self) -> None:
         for name in ("heldout_size", "eval_smooth", "sustain_evals", "train_smooth",
@@ -228,12 +235,8 @@ def _sustained_start(mask: np.ndarray, min_len: int) -> Optional[int]:
     return start if mask.size - start >= min_len else None
 
 
-def _is_eval_curve(name: str) -> bool:
-    return name.startswith("val/")
-
-
 def _fall_threshold(name: str, raw: pd.Series, peak: float, th: Thresholds) -> float:
-    if _is_eval_curve(name):
+    if is_eval_metric(name):
         noise = _binomial_se(peak, th.heldout_size)
     else:
         noise = _train_noise(raw, th.train_smooth)
@@ -241,11 +244,11 @@ def _fall_threshold(name: str, raw: pd.Series, peak: float, th: Thresholds) -> f
 
 
 def _smooth_for(name: str, raw: pd.Series, th: Thresholds) -> pd.Series:
-    return _smooth(raw, th.eval_smooth if _is_eval_curve(name) else th.train_smooth)
+    return _smooth(raw, th.eval_smooth if is_eval_metric(name) else th.train_smooth)
 
 
 def _sustain_for(name: str, th: Thresholds) -> int:
-    return th.sustain_evals if _is_eval_curve(name) else th.sustain_steps
+    return th.sustain_evals if is_eval_metric(name) else th.sustain_steps
 
 
 def _too_short(name: str, raw: Optional[pd.Series], th: Thresholds) -> Optional[str]:
@@ -401,7 +404,7 @@ def detect(
 
     Missing curves are not an error: the detectors that need them report why they could not
     judge, and the others still run. `metric` is the held-out accuracy used for the accuracy
-    collapse, the peak/final numbers, and (failing `train/true_accuracy`) the divergence.
+    collapse, the peak/final numbers, and (failing `collapse/true_accuracy`) the divergence.
     """
     th = thresholds or Thresholds()
     c = {name: as_curve(series) for name, series in curves.items() if name in (metric, *USED_METRICS)}

@@ -5,10 +5,10 @@ against the labelled verdict is `label_free_eval`).
 Keeping the two kinds apart:
 - every detector is registered with `reads_labels` (`DETECTOR_INFO` here and in `detectors`);
 - the label-free detectors are handed `label_free_view(curves)`: only the metrics named in
-  `LABEL_FREE_INPUTS` (per-step `train/*` signals computed from samples, answers, votes,
-  entropies and weights; see `mgrpo.step_metrics.LABEL_FREE_METRICS`). A held-out accuracy, a
-  benchmark, `train/true_accuracy` or `train/label_accuracy` never reaches them, so corrupting
-  labels cannot change a label-free verdict or checkpoint choice (tested).
+  `LABEL_FREE_INPUTS` (per-step signals computed from samples, answers, votes, entropies and
+  weights; see `mgrpo.step_metrics.LABEL_FREE_METRICS`). A held-out accuracy, a benchmark,
+  `collapse/true_accuracy` or `collapse/label_accuracy` never reaches them, so corrupting labels
+  cannot change a label-free verdict or checkpoint choice (tested).
 
 The detectors share one shape (`_shift`): a training curve is smoothed (centred window of
 `train_smooth` steps), compared with its *baseline* (the mean of its first `baseline_steps`
@@ -28,6 +28,21 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from mgrpo.metric_names import (
+    ANSWER_LOG_MAGNITUDE,
+    EMA_PARAM_DISTANCE,
+    ENTROPY_MOMENTUM,
+    KL,
+    LABEL_FLIP_FRAC,
+    LABEL_MODE_FRAC,
+    MOMENTUM_AGREEMENT,
+    NO_ANSWER_FRAC,
+    NUM_ANSWER_CLASSES,
+    POLICY_MOMENTUM_DISAGREEMENT,
+    RESPONSE_LENGTH,
+    SELF_CERTAINTY,
+)
+
 from .detectors import (
     DETECTOR_INFO as LABELLED_INFO,
     ENTROPY,
@@ -45,23 +60,10 @@ from .detectors import (
     entropy_collapse,
 )
 
-NUM_CLASSES = "train/num_answer_classes"
-RESPONSE_LENGTH = "train/response_length"
-NO_ANSWER = "train/no_answer_frac"
-KL = "train/kl"
-DISAGREEMENT = "train/policy_momentum_disagreement"
-MOMENTUM_AGREEMENT = "train/momentum_agreement"
-LABEL_FLIP = "train/label_flip_frac"
-LABEL_MODE = "train/label_mode_frac"
-ENTROPY_MOMENTUM = "train/entropy_momentum"
-EMA_DISTANCE = "train/ema_param_distance"
-ANSWER_MAGNITUDE = "train/answer_log_magnitude"
-SELF_CERTAINTY = "train/self_certainty"
-
 LABEL_FREE_INPUTS = (
-    PSEUDO_REWARD, VOTE_SHARE, NUM_CLASSES, ZERO_STD_FRAC, ENTROPY, ENTROPY_MOMENTUM, RESPONSE_LENGTH,
-    NO_ANSWER, KL, DISAGREEMENT, MOMENTUM_AGREEMENT, LABEL_FLIP, LABEL_MODE, EMA_DISTANCE, ANSWER_MAGNITUDE,
-    SELF_CERTAINTY,
+    PSEUDO_REWARD, VOTE_SHARE, NUM_ANSWER_CLASSES, ZERO_STD_FRAC, ENTROPY, ENTROPY_MOMENTUM, RESPONSE_LENGTH,
+    NO_ANSWER_FRAC, KL, POLICY_MOMENTUM_DISAGREEMENT, MOMENTUM_AGREEMENT, LABEL_FLIP_FRAC, LABEL_MODE_FRAC,
+    EMA_PARAM_DISTANCE, ANSWER_LOG_MAGNITUDE, SELF_CERTAINTY,
 )
 """The only curves a label-free detector is given (all computed without gold answers)."""
 
@@ -239,11 +241,11 @@ def pseudo_reward_rise(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> D
 
 
 def answer_classes_fall(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
-    return _shift("answer_classes_fall", NUM_CLASSES, c.get(NUM_CLASSES), th, -1, th.answer_classes_fall, relative=True)
+    return _shift("answer_classes_fall", NUM_ANSWER_CLASSES, c.get(NUM_ANSWER_CLASSES), th, -1, th.answer_classes_fall, relative=True)
 
 
 def answer_drift(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
-    return _shift("answer_drift", ANSWER_MAGNITUDE, c.get(ANSWER_MAGNITUDE), th, 0, th.answer_drift)
+    return _shift("answer_drift", ANSWER_LOG_MAGNITUDE, c.get(ANSWER_LOG_MAGNITUDE), th, 0, th.answer_drift)
 
 
 def self_certainty_rise(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
@@ -255,11 +257,11 @@ def length_drift(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detecti
 
 
 def no_answer_rise(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
-    return _shift("no_answer_rise", NO_ANSWER, c.get(NO_ANSWER), th, +1, th.no_answer_rise)
+    return _shift("no_answer_rise", NO_ANSWER_FRAC, c.get(NO_ANSWER_FRAC), th, +1, th.no_answer_rise)
 
 
 def momentum_disagreement_rise(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
-    return _shift("momentum_disagreement_rise", DISAGREEMENT, c.get(DISAGREEMENT), th, +1, th.disagreement_rise)
+    return _shift("momentum_disagreement_rise", POLICY_MOMENTUM_DISAGREEMENT, c.get(POLICY_MOMENTUM_DISAGREEMENT), th, +1, th.disagreement_rise)
 
 
 def momentum_agreement_fall(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
@@ -267,13 +269,13 @@ def momentum_agreement_fall(c: Mapping[str, pd.Series], th: LabelFreeThresholds)
 
 
 def label_flip_rise(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
-    return _shift("label_flip_rise", LABEL_FLIP, c.get(LABEL_FLIP), th, +1, th.label_flip_rise)
+    return _shift("label_flip_rise", LABEL_FLIP_FRAC, c.get(LABEL_FLIP_FRAC), th, +1, th.label_flip_rise)
 
 
 def constant_answer(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
     """Smoothed `train/label_mode_frac` at or above `constant_answer_level`, sustained."""
-    det, curve = "constant_answer", c.get(LABEL_MODE)
-    problem = _problem(LABEL_MODE, curve, max(th.min_points, th.sustain_steps + 1))
+    det, curve = "constant_answer", c.get(LABEL_MODE_FRAC)
+    problem = _problem(LABEL_MODE_FRAC, curve, max(th.min_points, th.sustain_steps + 1))
     if problem:
         return Detection(det, False, detail=problem)
     s = _smooth(curve, th.train_smooth)
@@ -281,7 +283,7 @@ def constant_answer(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Dete
     if start is None:
         return Detection(det, False)
     step = int(s.index[start])
-    return Detection(det, True, step, f"{LABEL_MODE} {s.iloc[-1]:.3f} since step {step}: one answer for many prompts")
+    return Detection(det, True, step, f"{LABEL_MODE_FRAC} {s.iloc[-1]:.3f} since step {step}: one answer for many prompts")
 
 
 def kl_acceleration(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
@@ -319,22 +321,22 @@ def unanimous_consensus(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> 
 
 
 def entropy_collapse_lf(c: Mapping[str, pd.Series], th: LabelFreeThresholds) -> Detection:
-    """`detectors.entropy_collapse` (it reads only `train/entropy`)."""
+    """`detectors.entropy_collapse` (it reads only `collapse/entropy`)."""
     return entropy_collapse(c.get(ENTROPY), th.labelled())
 
 
 LABEL_FREE_DETECTORS: dict[str, tuple[Callable[[Mapping[str, pd.Series], LabelFreeThresholds], Detection], DetectorInfo]] = {
     "entropy_collapse": (entropy_collapse_lf, DetectorInfo("entropy_collapse", False, (ENTROPY,), "policy entropy fell to 30% of its start, early")),
     "unanimous_consensus": (unanimous_consensus, DetectorInfo("unanimous_consensus", False, (VOTE_SHARE, ZERO_STD_FRAC), "every sample agrees; no reward signal left")),
-    "constant_answer": (constant_answer, DetectorInfo("constant_answer", False, (LABEL_MODE,), "half the step's prompts share one pseudo-label")),
-    "no_answer_rise": (no_answer_rise, DetectorInfo("no_answer_rise", False, (NO_ANSWER,), "samples without an answer rose")),
-    "label_flip_rise": (label_flip_rise, DetectorInfo("label_flip_rise", False, (LABEL_FLIP,), "pseudo-labels of revisited prompts flip more")),
-    "momentum_disagreement_rise": (momentum_disagreement_rise, DetectorInfo("momentum_disagreement_rise", False, (DISAGREEMENT,), "policy and momentum majorities disagree more")),
+    "constant_answer": (constant_answer, DetectorInfo("constant_answer", False, (LABEL_MODE_FRAC,), "half the step's prompts share one pseudo-label")),
+    "no_answer_rise": (no_answer_rise, DetectorInfo("no_answer_rise", False, (NO_ANSWER_FRAC,), "samples without an answer rose")),
+    "label_flip_rise": (label_flip_rise, DetectorInfo("label_flip_rise", False, (LABEL_FLIP_FRAC,), "pseudo-labels of revisited prompts flip more")),
+    "momentum_disagreement_rise": (momentum_disagreement_rise, DetectorInfo("momentum_disagreement_rise", False, (POLICY_MOMENTUM_DISAGREEMENT,), "policy and momentum majorities disagree more")),
     "momentum_agreement_fall": (momentum_agreement_fall, DetectorInfo("momentum_agreement_fall", False, (MOMENTUM_AGREEMENT,), "momentum samples agree less with the pseudo-label")),
     "vote_share_rise": (vote_share_rise, DetectorInfo("vote_share_rise", False, (VOTE_SHARE,), "winning vote share rose")),
     "pseudo_reward_rise": (pseudo_reward_rise, DetectorInfo("pseudo_reward_rise", False, (PSEUDO_REWARD,), "pseudo-reward rose")),
-    "answer_classes_fall": (answer_classes_fall, DetectorInfo("answer_classes_fall", False, (NUM_CLASSES,), "fewer answer classes per prompt")),
-    "answer_drift": (answer_drift, DetectorInfo("answer_drift", False, (ANSWER_MAGNITUDE,), "answers' size drifted 5%")),
+    "answer_classes_fall": (answer_classes_fall, DetectorInfo("answer_classes_fall", False, (NUM_ANSWER_CLASSES,), "fewer answer classes per prompt")),
+    "answer_drift": (answer_drift, DetectorInfo("answer_drift", False, (ANSWER_LOG_MAGNITUDE,), "answers' size drifted 5%")),
     "self_certainty_rise": (self_certainty_rise, DetectorInfo("self_certainty_rise", False, (SELF_CERTAINTY,), "self-certainty rose")),
     "length_drift": (length_drift, DetectorInfo("length_drift", False, (RESPONSE_LENGTH,), "response length moved 25%")),
     "kl_acceleration": (kl_acceleration, DetectorInfo("kl_acceleration", False, (KL,), "KL to the reference accelerating")),

@@ -21,6 +21,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from mgrpo.metric_names import is_eval_metric
+
 from .detectors import ACCURACY, ENTROPY, PSEUDO_REWARD, Thresholds
 from .tables import method_label, method_order
 
@@ -51,7 +53,7 @@ class _Curves:
 
     def get(self, run_id: str, metric: str) -> Optional[pd.Series]:
         s = self._series.get((run_id, metric))
-        if s is None or metric.startswith("val/"):
+        if s is None or is_eval_metric(metric):
             return s
         return s.rolling(self._window, center=True, min_periods=1).mean()
 

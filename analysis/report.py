@@ -15,6 +15,8 @@ from typing import Optional
 
 import pandas as pd
 
+from mgrpo.metric_names import current_name
+
 from . import label_free, label_free_eval, plots, tables, vote_check
 from .detectors import ACCURACY, Thresholds, detect_runs, thresholds_table
 from .store import REPORT_TAG, RunSet, Selection, Store
@@ -89,7 +91,9 @@ def analyze(store: Store, selection: Selection, *, metric: str = ACCURACY,
 def build(selection: Selection, uri: str, runset: RunSet, curves: pd.DataFrame,
           thresholds: Thresholds, metric: str = ACCURACY,
           label_free_thresholds: Optional[label_free.LabelFreeThresholds] = None) -> Analysis:
-    """The analysis of already loaded frames (no MLflow access)."""
+    """The analysis of already loaded frames (no MLflow access). `metric` may be a name of runs
+    logged before `mgrpo.metric_names` (e.g. `val/accuracy`): it is read under its current name."""
+    metric = current_name(metric)
     runs = runset.runs
     messages = list(runset.messages)
     if runs.empty and not messages:

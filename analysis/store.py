@@ -2,7 +2,9 @@
 
 `Store.open(uri)` checks the URI first and fails fast with an error naming it. `Store.select`
 returns one row per run (params, tags, status) for an experiment, sweep ids, tags and a filter
-string. `Store.curves` returns the long frame `run_id, step, metric, value`.
+string. `Store.curves` returns the long frame `run_id, step, metric, value`, with the metrics of
+runs logged before the names of `mgrpo.metric_names` under their current names (`current_name`),
+so old and new runs are read alike.
 
 Whole curves are the expensive part: MLflow's API needs one `get_metric_history` call per run
 and key. For a SQLite store they are read instead with one SQL query per 500 runs straight from
@@ -28,6 +30,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
+
+from mgrpo.metric_names import current_name
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_CACHE_DIR = ".mgrpo_cache/analysis"
@@ -228,7 +232,9 @@ class Store:
         (run_id and metric categorical), sorted by run (in the order of `runs`), metric, step.
 
         One value per (run, metric, step): the last one logged, as a resumed run may log a
-        step twice. NaN values stay NaN. With `cache_dir=None` nothing is cached.
+        step twice, and for a run resumed across a renaming, the one under the current name.
+        NaN values stay NaN. With `cache_dir=None` nothing is cached (the cache keeps the names
+        as logged).
         """
         run_ids = list(runs["run_id"])
         if not run_ids:
@@ -247,7 +253,7 @@ class Store:
                 parts[run_id] = fetched[run_id]
                 if folder is not None:
                     _write_cache(folder, run_id, prints[run_id], fetched[run_id])
-        return _assemble(run_ids, parts)
+        return _current_names(_assemble(run_ids, parts))
 
     def _fingerprints(self, runs: pd.DataFrame) -> dict[str, str]:
         """Per run: a hash of status, end time and latest metrics. In a SQLite store the
@@ -355,6 +361,32 @@ def _assemble(run_ids: list[str], parts: dict[str, pd.DataFrame]) -> pd.DataFram
         "step": np.concatenate([f["step"].to_numpy("int64") for f in frames]) if frames else np.zeros(0, "int64"),
         "metric": metric,
         "value": np.concatenate([f["value"].to_numpy("float64") for f in frames]) if frames else np.zeros(0),
+    })
+
+
+def _current_names(curves: pd.DataFrame) -> pd.DataFrame:
+    """The long frame with every metric under `current_name`, sorted again by run, metric, step.
+    Where a run has a step under both names, the point under the current name is kept."""
+    logged = list(curves["metric"].cat.categories)
+    names = [current_name(m) for m in logged]
+    if names == logged:
+        return curves
+    categories = sorted(set(names))
+    position = {name: i for i, name in enumerate(categories)}
+    codes = curves["metric"].cat.codes.to_numpy()
+    metric = np.array([position[n] for n in names], dtype="int32")[codes]
+    current = np.array([n == m for n, m in zip(names, logged)])[codes]
+    run = curves["run_id"].cat.codes.to_numpy()
+    step = curves["step"].to_numpy()
+    order = np.lexsort((current, step, metric, run))  # the last key sorts first
+    run, step, metric = run[order], step[order], metric[order]
+    last = np.append((run[1:] != run[:-1]) | (metric[1:] != metric[:-1]) | (step[1:] != step[:-1]), True)
+    rows = order[last]
+    return pd.DataFrame({
+        "run_id": pd.Categorical.from_codes(run[last], curves["run_id"].cat.categories),
+        "step": step[last],
+        "metric": pd.Categorical.from_codes(metric[last], categories),
+        "value": curves["value"].to_numpy()[rows],
     })
 
 

@@ -2,8 +2,8 @@
 
 A `RunSpec` describes the shape of a run (stable, collapsing, entropy or consensus collapse);
 `history` turns it into curves with realistic noise (binomial noise of a held-out set for
-`val/accuracy`, batch noise for `train/*`); `log_runs` writes runs into an MLflow store with
-`log_batch`, the way the trainer does.
+`collapse/selection_accuracy`, batch noise for the per-step signals); `log_runs` writes runs into
+an MLflow store with `log_batch`, the way the trainer does.
 """
 
 from __future__ import annotations
@@ -11,23 +11,26 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
+from mgrpo import metric_names as names
+
 TRAIN_METRICS = (
-    "train/pseudo_reward",
-    "train/label_accuracy",
-    "train/true_accuracy",
-    "train/entropy",
-    "train/vote_share",
-    "train/zero_std_frac",
-    "train/kl",
-    "train/loss",
-    "train/grad_norm",
-    "train/response_length",
+    names.PSEUDO_REWARD,
+    names.LABEL_ACCURACY,
+    names.TRUE_ACCURACY,
+    names.ENTROPY,
+    names.VOTE_SHARE,
+    names.ZERO_STD_FRAC,
+    names.KL,
+    names.LOSS,
+    names.GRAD_NORM,
+    names.RESPONSE_LENGTH,
 )
-"""Training metrics the generator logs every step (with `val/accuracy` at eval steps)."""
+"""Training metrics the generator logs every step (with `collapse/selection_accuracy` at eval
+steps)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class RunSpec:
     steps: int = 400
     eval_every: int = 25
     evaluate: bool = True
-    """False: no `val/accuracy` curve at all, as from a run logged without evaluation."""
+    """False: no `collapse/selection_accuracy` curve at all, as from a run logged without
+    evaluation."""
     heldout_size: int = 1000
     base: float = 0.43
     """Held-out accuracy at step 0."""
@@ -61,7 +65,8 @@ class RunSpec:
 
 def history(spec: RunSpec) -> dict[str, list[tuple[int, float]]]:
     """Curves of one run: metric name -> [(step, value)]; training metrics at steps 1..steps,
-    `val/accuracy` (if `evaluate`) at step 0, every `eval_every` steps and at the last step."""
+    `collapse/selection_accuracy` (if `evaluate`) at step 0, every `eval_every` steps and at the
+    last step."""
     identity = json.dumps([spec.method, sorted(spec.params.items())])
     rng = np.random.default_rng([spec.seed, zlib.crc32(identity.encode())])
     t = np.arange(0, spec.steps + 1, dtype=float)
@@ -88,23 +93,23 @@ def history(spec: RunSpec) -> dict[str, list[tuple[int, float]]]:
         return rng.binomial(n, np.clip(p, 0.0, 1.0)) / n
 
     train = {
-        "train/pseudo_reward": noisy_fraction(reward, batch),
-        "train/label_accuracy": noisy_fraction(label_acc, 16),
-        "train/true_accuracy": noisy_fraction(acc - 0.05, batch),
-        "train/entropy": entropy * (1.0 + 0.03 * rng.standard_normal(t.size)),
-        "train/vote_share": noisy_fraction(vote, batch),
-        "train/zero_std_frac": noisy_fraction(np.clip(vote, 0, 1) ** 4, 16),
-        "train/kl": 1e-3 * progress + 1e-4 * np.abs(rng.standard_normal(t.size)),
-        "train/loss": 0.01 * rng.standard_normal(t.size),
-        "train/grad_norm": 0.5 + 0.1 * np.abs(rng.standard_normal(t.size)),
-        "train/response_length": 30.0 + rng.standard_normal(t.size),
+        names.PSEUDO_REWARD: noisy_fraction(reward, batch),
+        names.LABEL_ACCURACY: noisy_fraction(label_acc, 16),
+        names.TRUE_ACCURACY: noisy_fraction(acc - 0.05, batch),
+        names.ENTROPY: entropy * (1.0 + 0.03 * rng.standard_normal(t.size)),
+        names.VOTE_SHARE: noisy_fraction(vote, batch),
+        names.ZERO_STD_FRAC: noisy_fraction(np.clip(vote, 0, 1) ** 4, 16),
+        names.KL: 1e-3 * progress + 1e-4 * np.abs(rng.standard_normal(t.size)),
+        names.LOSS: 0.01 * rng.standard_normal(t.size),
+        names.GRAD_NORM: 0.5 + 0.1 * np.abs(rng.standard_normal(t.size)),
+        names.RESPONSE_LENGTH: 30.0 + rng.standard_normal(t.size),
     }
     steps = t.astype(int)
     out = {name: list(zip(steps[1:].tolist(), values[1:].tolist())) for name, values in train.items()}
     if spec.evaluate:
         evals = sorted(set(range(0, spec.steps + 1, spec.eval_every)) | {spec.steps})
-        out["val/accuracy"] = [(s, float(rng.binomial(spec.heldout_size, acc[s]) / spec.heldout_size))
-                               for s in evals]
+        out[names.SELECTION_ACCURACY] = [(s, float(rng.binomial(spec.heldout_size, acc[s]) / spec.heldout_size))
+                                         for s in evals]
     return out
 
 
@@ -124,8 +129,14 @@ def run_params(spec: RunSpec) -> dict[str, str]:
     return params
 
 
-def log_runs(client, experiment_id: str, specs: Iterable[RunSpec], batch_size: int = 1000) -> list[str]:
-    """Create one finished run per spec with `client.log_batch`; return the run ids."""
+def log_runs(client, experiment_id: str, specs: Iterable[RunSpec], batch_size: int = 1000,
+             rename: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Create one finished run per spec with `client.log_batch`; return the run ids.
+
+    rename: metric name -> the name to log it under instead (e.g. the names of runs logged
+    before `mgrpo.metric_names`' layout, to test that analysis still reads them).
+    """
+    rename = rename or {}
     from mlflow.entities import Metric, Param, RunTag
 
     run_ids = []
@@ -134,7 +145,7 @@ def log_runs(client, experiment_id: str, specs: Iterable[RunSpec], batch_size: i
         run_id = run.info.run_id
         client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(spec).items()])
         t0 = run.info.start_time
-        points = [Metric(name, value, t0 + step, step)
+        points = [Metric(rename.get(name, name), value, t0 + step, step)
                   for name, curve in history(spec).items() for step, value in curve]
         for i in range(0, len(points), batch_size):
             client.log_batch(run_id, metrics=points[i : i + batch_size])

@@ -15,6 +15,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from mgrpo.metric_names import ENTROPY, FILTERED_FRAC, PSEUDO_REWARD
+
 from .store import METHOD_PARAM, SEED_PARAM, SWEPT_TAG
 
 METHOD_LABELS = {"mgrpo": "M-GRPO", "srt": "SRT", "gt_grpo": "GT-GRPO", "ttrl": "TTRL", "intuitor": "Intuitor"}
@@ -248,9 +250,9 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 ARM_SIGNALS = {
-    "train/pseudo_reward": "pseudo-reward",
-    "train/entropy": "policy entropy",
-    "train/filtered_frac": "filtered",
+    PSEUDO_REWARD: "pseudo-reward",
+    ENTROPY: "policy entropy",
+    FILTERED_FRAC: "filtered",
 }
 """The training signals `arm_summary` shows per arm, early -> late, with their display names."""
 

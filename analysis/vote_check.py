@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from mgrpo.metric_names import VOTE_CHECK
+
 from .tables import _seed_str, method_label
 
-PREFIX = "val/vote_check/"
+PREFIX = VOTE_CHECK + "/"
 LABEL_ACCURACY = PREFIX + "label_accuracy"
 GREEDY_ACCURACY = PREFIX + "greedy_accuracy"
 LABEL_MINUS_GREEDY = PREFIX + "label_minus_greedy"

@@ -1,10 +1,10 @@
 """How long `mgrpo-analyze` takes on a sweep-sized SQLite MLflow store.
 
-Builds a store of RUNS runs x STEPS steps x 10 training metrics (plus `val/accuracy` every 25
-steps), logged with `log_batch` as the trainer does: 2 methods x 5 learning rates x RUNS/10
-seeds, with SRT collapsing at the higher learning rates. Then it runs the `mgrpo-analyze`
-console script in a subprocess (so imports count) from a cold cache and again from the warm
-cache, and prints the times. Target: cold analysis of 100 runs x 2,000 steps under 30 s.
+Builds a store of RUNS runs x STEPS steps x 10 training metrics (plus
+`collapse/selection_accuracy` every 25 steps), logged with `log_batch` as the trainer does:
+2 methods x 5 learning rates x RUNS/10 seeds, with SRT collapsing at the higher learning rates.
+Then it runs the `mgrpo-analyze` console script in a subprocess (so imports count) from a cold
+cache and again from the warm cache, and prints the times. Target: cold analysis of 100 runs x 2,000 steps under 30 s.
 
     python benchmarks/analysis_scale.py [--runs 100] [--steps 2000] [--rebuild]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mgrpo.metric_names import phase_time
 from mgrpo.tracking import Tracker
 from mgrpo.train import compose_config
 from mgrpo.trainer import Trainer
@@ -61,7 +62,7 @@ def main() -> None:
                 continue
             steps.append(time.perf_counter() - start)
             for p in PHASES:
-                phases[p].append(metrics.get(f"time/{p}", 0.0))
+                phases[p].append(metrics.get(phase_time(p), 0.0))
         per_step = {f"generate ({role})": statistics.median(v) for role, v in generate_times.items() if v}
         per_step.update({p: statistics.median(v) for p, v in phases.items()})
         step_total = statistics.median(steps)

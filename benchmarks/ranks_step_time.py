@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 
+from mgrpo.metric_names import phase_time
+
 PHASES = ("rollout", "score", "entropy", "update", "ema", "step")
 
 
@@ -28,7 +30,7 @@ def step_times(uri: str) -> dict[str, float]:
     run = client.search_runs([client.get_experiment_by_name("bench").experiment_id])[0]
     out = {}
     for phase in PHASES:
-        history = sorted(client.get_metric_history(run.info.run_id, f"time/{phase}"), key=lambda m: m.step)
+        history = sorted(client.get_metric_history(run.info.run_id, phase_time(phase)), key=lambda m: m.step)
         out[phase] = statistics.median(m.value for m in history[1:])  # step 1 warms up
     return out
 

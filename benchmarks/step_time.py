@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mgrpo.metric_names import phase_time
 from mgrpo.rollout import encode_prompts, sample_seed
 from mgrpo.tracking import Tracker
 from mgrpo.train import compose_config
@@ -40,7 +41,7 @@ def phase_times(algo: str, steps: int, warmup: int, overrides: list[str], workdi
         metrics = trainer.train_step(step)
         totals.append(time.perf_counter() - start)
         for p in PHASES:
-            samples[p].append(metrics[f"time/{p}"])
+            samples[p].append(metrics[phase_time(p)])
     result = {p: statistics.median(v) for p, v in samples.items()}
     result["step"] = statistics.median(totals)
     return trainer, result

@@ -16,9 +16,9 @@ Rounds alternate the two sides (ours, then TRL's), each starting from the base m
 so both see the same machine load and the same completion lengths; the first step of each round
 is a warm-up and not timed. Prints, per configuration, each round's median step-time ratio,
 the median over rounds, each side's mean completion length, and a phase breakdown: ours from the
-trainer's `time/*` metrics; TRL's split into generation + scoring (`_generate_and_score_completions`:
-sampling, rewards, reference and old log-probs) and the rest of the step (forward, backward,
-optimizer). Targets (information, not asserted): SRT <= 0.8x TRL with KL off and on; M-GRPO at
+trainer's `train/time/*` metrics; TRL's split into generation + scoring
+(`_generate_and_score_completions`: sampling, rewards, reference and old log-probs) and the rest
+of the step (forward, backward, optimizer). Targets (information, not asserted): SRT <= 0.8x TRL with KL off and on; M-GRPO at
 G = 10 <= 1.0x TRL at G = 8.
 """
 
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from mgrpo import metric_names as names
 from mgrpo.algos.answers import extract_answer
 from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.voting import majority_vote
@@ -60,10 +61,10 @@ def ours(algo: str, kl: float, steps: int, workdir: Path) -> tuple[list[float], 
         metrics = trainer.train_step(step)
         if step > 1:
             times.append(time.perf_counter() - start)
-            lengths.append(metrics["train/response_length"])
+            lengths.append(metrics[names.RESPONSE_LENGTH])
             for key, value in metrics.items():
-                if key.startswith("time/"):
-                    phases.setdefault(key[5:], []).append(value)
+                if key.startswith(names.TIME + "/"):
+                    phases.setdefault(key.removeprefix(names.TIME + "/"), []).append(value)
     trainer.close()
     return times, {k: statistics.median(v) for k, v in phases.items()}, statistics.mean(lengths)
 

@@ -202,10 +202,10 @@ class DataConfig:
 
     Two kinds of held-out data, kept apart on purpose (see `mgrpo.tasks.benchmarks`):
     - the *selection set* (`eval_path`, or a seeded slice of the training data): logged as
-      `val/accuracy`; the online collapse monitor, `monitor.stop_on_collapse` and the Optuna
-      objective read it, and nothing else;
+      `collapse/selection_accuracy` (`mgrpo.metric_names`); the online collapse monitor,
+      `monitor.stop_on_collapse` and the Optuna objective read it, and nothing else;
     - the *benchmarks* (`trainer.eval_benchmarks`, read from `benchmarks_dir` / `benchmark_paths`):
-      logged as `val/<benchmark>/...`; reported, never read by anything that chooses a run or a step.
+      logged as `eval/<benchmark>/...`; reported, never read by anything that chooses a run or a step.
     """
 
     task: str = "arithmetic"
@@ -360,12 +360,12 @@ class TrainerConfig:
     vote_check_size: int = 128
     """At step 0 and each evaluation, on this many selection-set problems, how often the vote's
     pseudo-label (the training pool, filter and vote) and the policy's greedy answer are right
-    (val/vote_check/*, `mgrpo.vote_check`): whether label-free RL can gain from here. A labelled
+    (eval/vote_check/*, `mgrpo.vote_check`): whether label-free RL can gain from here. A labelled
     diagnostic, never read by training, the monitor or the objective. 0 turns it off."""
     eval_benchmarks: list[str] = field(default_factory=list)
     """Benchmarks evaluated at each evaluation, e.g. [math500, aime24] (names in
     `mgrpo.tasks.benchmarks.BENCHMARKS`, or keys of data.benchmark_paths). Logged as
-    val/<name>/mean_at_<n> (with _se), maj_at_<n> and pass_at_<k>: reported only, never read by
+    eval/<name>/mean_at_<n> (with _se), maj_at_<n> and pass_at_<k>: reported only, never read by
     the collapse monitor, stop_on_collapse or the objective, which read the selection set."""
     eval_benchmark_samples: Optional[int] = None
     """n, samples per benchmark problem, for every benchmark. null: each benchmark's own count at
@@ -408,9 +408,10 @@ class TrainerConfig:
     progress: bool = True
     """Show a progress bar."""
     objective: str = "final_accuracy"
-    """What the job returns (e.g. to an Optuna sweep), from the selection set's val/accuracy:
-    final_accuracy (its last value) or stable_accuracy (final - objective_drop_penalty *
-    (peak - final)), which penalises collapse. Benchmarks never enter it."""
+    """What the job returns (e.g. to an Optuna sweep), from the selection set's accuracy
+    (collapse/selection_accuracy): final_accuracy (its last value) or stable_accuracy
+    (final - objective_drop_penalty * (peak - final)), which penalises collapse. Benchmarks never
+    enter it."""
     objective_drop_penalty: float = 1.0
 
 
@@ -454,7 +455,7 @@ class MonitorConfig:
     tag the run)."""
     mode: str = "labeled"
     """Which verdict the monitor computes, tags and stops on. labeled: the collapse detectors of
-    `mgrpo_analysis.detectors`, which read the selection set's val/accuracy (tags
+    `mgrpo_analysis.detectors`, which read the selection set's accuracy (tags
     mgrpo.collapsed, mgrpo.collapse_step). label_free: the label-free rule of
     `mgrpo_analysis.label_free`, which reads only per-step signals computed without gold answers
     (tags mgrpo.label_free_alarm, mgrpo.label_free_onset_step, mgrpo.label_free_detectors, and

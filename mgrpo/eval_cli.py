@@ -23,7 +23,7 @@ selections such as `experiment=paper` apply to plain checkpoints). The flags `--
 
 Outputs (in `--out`, by default `<run>/eval/step_NNNNNN/` or `./eval/<checkpoint name>/`): a
 table on stdout, `results.json`, `results.csv` (one row per benchmark) and `completions.jsonl`
-(every sample). With `--tracking-uri`, the metrics go to MLflow as `val/<benchmark>/mean_at_<n>`,
+(every sample). With `--tracking-uri`, the metrics go to MLflow as `eval/<benchmark>/mean_at_<n>`,
 `mean_at_<n>_se`, `maj_at_<n>`, `pass_at_<k>` at the checkpoint's step, in the run that wrote the
 checkpoint (its id is in the checkpoint's trainer_state.json) or, with `--new-run` or for a
 checkpoint from elsewhere, in a new run of `--experiment`; the completions and results are

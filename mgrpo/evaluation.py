@@ -1,10 +1,11 @@
 """Evaluation against hidden gold answers, inside training and in `mgrpo-eval`.
 
 Two uses, one code path:
-- the *selection set* (`score_answers`, `evaluation_report`): `val/accuracy` (mean over the n
-  samples), `val/maj_accuracy`, read by the collapse monitor and the objective;
+- the *selection set* (`score_answers`, `evaluation_report`): `collapse/selection_accuracy`
+  (mean over the n samples), read by the collapse monitor and the objective, and
+  `eval/selection/maj_accuracy`, ... (`mgrpo.metric_names`);
 - the *benchmarks* (`score_benchmark`): per benchmark mean@n with its standard error, maj@n and
-  the unbiased pass@k (`mgrpo.algos.metrics`), logged as `val/<benchmark>/...` and never read by
+  the unbiased pass@k (`mgrpo.algos.metrics`), logged as `eval/<benchmark>/...` and never read by
   anything that chooses a run or a step.
 
 Sampling and scoring are split so that several ranks can each sample a share of the problems
@@ -13,7 +14,7 @@ step, problem index, and for a benchmark its name): `mgrpo-eval` on the checkpoi
 draws the same samples as training's evaluation at step s did, with the same engine and dtype.
 
 MLflow forbids '@' in metric names, so `mean@8` of AIME 2024 is logged as
-`val/aime24/mean_at_8` (and `mean_at_8_se`, `maj_at_8`, `pass_at_1` ...); tables, JSON and CSV
+`eval/aime24/mean_at_8` (and `mean_at_8_se`, `maj_at_8`, `pass_at_1` ...); tables, JSON and CSV
 keep the '@'.
 """
 
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from mgrpo.algos.answers import extract_answer
 from mgrpo.algos.metrics import benchmark_metrics
 from mgrpo.algos.voting import majority_vote
+from mgrpo.metric_names import benchmark_metric
 from mgrpo.rollout.base import RolloutEngine, sample_seed
 from mgrpo.tasks.benchmarks import Benchmark, load_benchmark
 from mgrpo.tasks.prompts import render_benchmark_prompts
@@ -158,14 +160,9 @@ class BenchmarkResult:
     """Every sample: problem uid, sample index, prompt (first sample only), response, extracted
     answer, gold, correct, and whether it agrees with the problem's majority answer."""
 
-    def tracking_metrics(self, prefix: str = "val") -> dict[str, float]:
-        """The metrics under MLflow-safe names: '<prefix>/<benchmark>/mean_at_8', ..."""
-        return {metric_name(self.name, key, prefix): value for key, value in self.metrics.items()}
-
-
-def metric_name(benchmark: str, key: str, prefix: str = "val") -> str:
-    """'mean@8' of aime24 -> 'val/aime24/mean_at_8' (MLflow forbids '@')."""
-    return f"{prefix}/{benchmark}/{key.replace('@', '_at_')}"
+    def tracking_metrics(self) -> dict[str, float]:
+        """The metrics under MLflow-safe names: 'eval/<benchmark>/mean_at_8', ..."""
+        return {benchmark_metric(self.name, key): value for key, value in self.metrics.items()}
 
 
 def score_benchmark(

@@ -3,8 +3,9 @@
 Each set is split into contiguous shares, one per rank; every rank samples its share from the
 policy engine (no collective while generating, so shares may differ in size), the samples are
 gathered, and rank 0 scores them, writes the completions and logs the artifact. The selection
-set's metrics (`val/accuracy`, ...) are what the monitor and the objective read; a benchmark's
-(`val/<benchmark>/...`) are reported only, with the seeds `mgrpo-eval` uses on the same step.
+set's accuracy (`collapse/selection_accuracy`) is what the monitor and the objective read; a
+benchmark's metrics (`eval/<benchmark>/...`) are reported only, with the seeds `mgrpo-eval` uses
+on the same step.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from mgrpo.algos.answers import extract_answer
 from mgrpo.evaluation import EvalSamples, eval_seeds, evaluation_report, sample_answers, score_benchmark
+from mgrpo.metric_names import SELECTION_MAJ_ACCURACY, SELECTION_METRICS
 from mgrpo.parallel import Ranks
 from mgrpo.rollout import encode_prompts
 from mgrpo.rollout.base import RolloutEngine
@@ -51,7 +53,8 @@ class InTrainingEvaluator:
         return out if self.ranks.is_main else {}
 
     def selection_metrics(self, step: int, engine: RolloutEngine) -> dict[str, float]:
-        """val/accuracy (mean over rollout.eval_samples), val/maj_accuracy, ... on the selection set."""
+        """collapse/selection_accuracy (mean over rollout.eval_samples) and eval/selection/*
+        (maj_accuracy, ...) on the selection set."""
         r = self.cfg.rollout
         samples = self._sample(engine, self.selection, r.eval_samples, eval_seeds(self.cfg.trainer.seed, step, range(len(self.selection))), extract_answer)
         if samples is None:
@@ -59,13 +62,13 @@ class InTrainingEvaluator:
         problems = self.selection
         metrics, kept = evaluation_report(samples, [p.prompt for p in problems], [p.answer for p in problems], self.equivalent, self.cfg.trainer.log_completions)
         self._write(f"step_{step:06d}.json", json.dumps(kept, indent=1))
-        out = {f"val/{k}": v for k, v in metrics.items()}
+        out = {SELECTION_METRICS[k]: v for k, v in metrics.items()}
         if r.eval_samples == 1:
-            out.pop("val/maj_accuracy")
+            out.pop(SELECTION_MAJ_ACCURACY)
         return out
 
     def benchmark_metrics(self, benchmark: Benchmark, step: int, engine: RolloutEngine) -> dict[str, float]:
-        """val/<benchmark>/mean_at_<n>, _se, maj_at_<n>, pass_at_<k>, ... (see `mgrpo.evaluation`).
+        """eval/<benchmark>/mean_at_<n>, _se, maj_at_<n>, pass_at_<k>, ... (see `mgrpo.evaluation`).
         Never enters the history the monitor and the objective read."""
         n = samples_for(benchmark, self.cfg.trainer.eval_benchmark_samples, self.cfg.rollout.eval_temperature)
         extract, equivalent = benchmark.grader(self.equivalent)

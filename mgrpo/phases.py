@@ -24,6 +24,7 @@ from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.losses import policy_loss
 from mgrpo.algos.self_certainty import trajectory_self_certainty
 from mgrpo.config import ConfigError
+from mgrpo.metric_names import phase_time
 from mgrpo.algos.voting import VoteResult, majority_vote
 from mgrpo.models.scorer import ResponseScorer
 from mgrpo.padding import group_by_length, longest_first
@@ -42,7 +43,7 @@ def stream_seed(seed: int, step: int, stream: int) -> int:
 def timed(metrics: dict[str, float], phase: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
-    metrics[f"time/{phase}"] = time.perf_counter() - start
+    metrics[phase_time(phase)] = time.perf_counter() - start
 
 
 @dataclass

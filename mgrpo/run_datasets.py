@@ -3,8 +3,9 @@
 One record per data set, logged once per run by rank 0 (`Tracker.log_inputs`, which skips a
 record the run already has, so a resumed run adds none):
 
-- the training pool (context `training`), the selection set (`selection`: what `val/accuracy`,
-  the collapse monitor and the objective read) and each reported benchmark (`benchmark`);
+- the training pool (context `training`), the selection set (`selection`: what
+  `collapse/selection_accuracy`, the collapse monitor and the objective read) and each reported
+  benchmark (`benchmark`);
 - name: where it came from (the file's name, the hub dataset, `arithmetic`); a selection set
   held out of the training source is `<name>:heldout`; a benchmark is its own name;
 - digest: a hash of the problems exactly as the run uses them (uid, rendered prompt, gold

@@ -1,16 +1,18 @@
 """The online collapse monitor of one run: the curves it reads, its verdict, and the objective.
 
 It keeps, in memory and in every checkpoint, only the curves the collapse detectors read
-(`MONITORED`: the selection set's `val/accuracy`, the `train/*` curves the labelled detectors use,
-and the label-free signals), so a reported benchmark (`val/<benchmark>/...`) can never choose a
-step or a run. It runs on rank 0.
+(`MONITORED`: the selection set's `collapse/selection_accuracy`, the other `collapse/*` curves the
+labelled detectors use, and the label-free signals), so a reported benchmark
+(`eval/<benchmark>/...`) can never choose a step or a run. It runs on rank 0. A checkpoint
+written before `mgrpo.metric_names` keeps its curves under the old names; they are read under the
+current ones.
 
 `monitor.mode` picks the verdict that is tagged and may stop the run:
 - labeled: `mgrpo_analysis.detectors` (held-out accuracy and the labelled diagnostics);
 - label_free: the rule of `mgrpo_analysis.label_free`, handed only the label-free curves, with
   the checkpoint it would keep (the last checkpoint step at or before the alarm's onset). The
-  objective returned to a sweep still reads `val/accuracy` when there is one: choosing among runs
-  is a labelled decision.
+  objective returned to a sweep still reads the selection accuracy when there is one: choosing
+  among runs is a labelled decision.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
+from mgrpo.metric_names import current_name
 from mgrpo_analysis.detectors import ACCURACY, USED_METRICS
 from mgrpo_analysis.label_free import LABEL_FREE_INPUTS, LabelFreeThresholds, choose_checkpoint, detect_label_free
 from mgrpo_analysis.monitor import Thresholds, check_history
@@ -49,7 +52,7 @@ class RunMonitor:
         return {"history": self.history, "collapse": self.collapse, "label_free_alarm": self.label_free_alarm}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history.update({k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()})
+        self.history.update({current_name(k): [tuple(p) for p in v] for k, v in state.get("history", {}).items()})
         self.collapse = state.get("collapse")
         self.label_free_alarm = state.get("label_free_alarm")
 
@@ -113,7 +116,7 @@ class RunMonitor:
         return verdict.alarm and self.cfg.stop_on_collapse
 
     def objective(self) -> float:
-        """trainer.objective over the selection set's val/accuracy curve (never a benchmark)."""
+        """trainer.objective over the selection set's accuracy curve (never a benchmark)."""
         curve = [v for _, v in self.history[ACCURACY]]
         if not curve:
             return float("nan")

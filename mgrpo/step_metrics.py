@@ -3,7 +3,8 @@
 Each rank computes its metrics over its own prompts; `Ranks.reduce_metrics` then combines them:
 weighted metrics as count-weighted means, summed ones as sums (the update's loss terms are
 already divided by global counts), maxed ones as maxima. Gold answers are read here only, for
-the diagnostics train/true_accuracy and train/label_accuracy.
+the diagnostics collapse/true_accuracy and collapse/label_accuracy. Metric names:
+`mgrpo.metric_names`.
 
 Label-free health signals (`LABEL_FREE_METRICS`) read only what a run without labels has: the
 samples, their answers, votes and entropies. `LABEL_METRICS` read the hidden gold answers. The
@@ -26,42 +27,50 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from mgrpo import metric_names as names
 from mgrpo.algos.answers import normalize_answer
 from mgrpo.algos.voting import VoteResult, majority_vote
 from mgrpo.rollout.base import Rollouts
 from mgrpo.tasks import Problem
 
 
-LABEL_METRICS = ("train/true_accuracy", "train/label_accuracy")
+LABEL_METRICS = (names.TRUE_ACCURACY, names.LABEL_ACCURACY)
 """Per-step diagnostics that read the hidden gold answers (never an input to a label-free run's
 update, monitor or checkpoint choice)."""
 
 LABEL_FREE_METRICS = (
-    "train/pseudo_reward",
-    "train/vote_share",
-    "train/num_answer_classes",
-    "train/unlabeled_frac",
-    "train/no_answer_frac",
-    "train/zero_std_frac",
-    "train/filtered_frac",
-    "train/entropy",
-    "train/entropy_momentum",
-    "train/response_length",
-    "train/kl",
-    "train/ema_param_distance",
-    "train/policy_momentum_disagreement",
-    "train/momentum_agreement",
-    "train/label_flip_frac",
-    "train/label_mode_frac",
-    "train/answer_log_magnitude",
-    "train/self_certainty",
+    names.PSEUDO_REWARD,
+    names.VOTE_SHARE,
+    names.NUM_ANSWER_CLASSES,
+    names.UNLABELED_FRAC,
+    names.NO_ANSWER_FRAC,
+    names.ZERO_STD_FRAC,
+    names.FILTERED_FRAC,
+    names.ENTROPY,
+    names.ENTROPY_MOMENTUM,
+    names.RESPONSE_LENGTH,
+    names.KL,
+    names.EMA_PARAM_DISTANCE,
+    names.POLICY_MOMENTUM_DISAGREEMENT,
+    names.MOMENTUM_AGREEMENT,
+    names.LABEL_FLIP_FRAC,
+    names.LABEL_MODE_FRAC,
+    names.ANSWER_LOG_MAGNITUDE,
+    names.SELF_CERTAINTY,
 )
 """Per-step health signals that a run without labels has: computed from samples, answers,
 votes, entropies and weights only."""
 
-PAD_RATIO_METRIC = "time/pad_ratio"
-"""Decoder positions the step's scoring and update passes ran over, per real token in them (1.0:
-no compute on padding; `mgrpo.padding`). Depends on how rows fall into passes, hence on ranks."""
+UPDATE_METRICS = {
+    "loss": names.LOSS,
+    "pg_loss": names.PG_LOSS,
+    "clip_frac": names.CLIP_FRAC,
+    "kl": names.KL,
+    "trained_samples": names.TRAINED_SAMPLES,
+}
+"""Key in `update_phase`'s result -> metric (summed over ranks)."""
+TIS_METRICS = {"tis_weight_mean": names.TIS_WEIGHT_MEAN, "tis_clip_frac": names.TIS_CLIP_FRAC}
+"""The same, for the keys only a step with algo.tis_cap has."""
 
 
 @dataclass
@@ -112,42 +121,42 @@ def step_metrics(
     groups_with_members = len(set(policy_ro.group_ids[members].tolist()))
     m = LocalMetrics()
     per_sample = {
-        "train/reward": float(rewards.float().mean()),
-        "train/pseudo_reward": float(np.mean(vote.agrees[:n_policy])),
-        "train/entropy": float(policy_entropy.mean()),
-        "train/no_answer_frac": float(np.mean([a is None for a in policy_answers])),
-        "train/response_length": float(policy_ro.response_lengths.float().mean()),
-        "train/advantage_abs_mean": float(advantages.abs().mean()),
+        names.REWARD: float(rewards.float().mean()),
+        names.PSEUDO_REWARD: float(np.mean(vote.agrees[:n_policy])),
+        names.ENTROPY: float(policy_entropy.mean()),
+        names.NO_ANSWER_FRAC: float(np.mean([a is None for a in policy_answers])),
+        names.RESPONSE_LENGTH: float(policy_ro.response_lengths.float().mean()),
+        names.ADVANTAGE_ABS_MEAN: float(advantages.abs().mean()),
     }
     m.weighted.update({k: (v, n_policy) for k, v in per_sample.items()})
     per_prompt = {
-        "train/vote_share": float(np.mean([v.vote_share for v in group_votes])),
-        "train/num_answer_classes": float(np.mean([v.num_classes for v in group_votes])),
-        "train/unlabeled_frac": 1.0 - len(labeled) / n_prompts,
+        names.VOTE_SHARE: float(np.mean([v.vote_share for v in group_votes])),
+        names.NUM_ANSWER_CLASSES: float(np.mean([v.num_classes for v in group_votes])),
+        names.UNLABELED_FRAC: 1.0 - len(labeled) / n_prompts,
     }
     m.weighted.update({k: (v, n_prompts) for k, v in per_prompt.items()})
     magnitudes = [v for v in (answer_log_magnitude(a) for a in policy_answers) if v is not None]
-    m.weighted["train/answer_log_magnitude"] = (float(np.mean(magnitudes)) if magnitudes else 0.0, float(len(magnitudes)))
-    m.weighted["train/filtered_frac"] = (float(1.0 - keep.float().mean()), len(keep))
-    m.weighted["train/zero_std_frac"] = (adv_metrics["zero_std_frac"], groups_with_members)
+    m.weighted[names.ANSWER_LOG_MAGNITUDE] = (float(np.mean(magnitudes)) if magnitudes else 0.0, float(len(magnitudes)))
+    m.weighted[names.FILTERED_FRAC] = (float(1.0 - keep.float().mean()), len(keep))
+    m.weighted[names.ZERO_STD_FRAC] = (adv_metrics["zero_std_frac"], groups_with_members)
 
     gold_rows = [(a, problems[g].answer) for a, g in zip(policy_answers, policy_ro.group_ids.tolist()) if problems[g].answer is not None]
     if gold_rows:
-        m.weighted["train/true_accuracy"] = (float(np.mean([a is not None and equivalent(gold, a) for a, gold in gold_rows])), len(gold_rows))
+        m.weighted[names.TRUE_ACCURACY] = (float(np.mean([a is not None and equivalent(gold, a) for a, gold in gold_rows])), len(gold_rows))
     else:
-        m.weighted["train/true_accuracy"] = (0.0, 0.0)
+        m.weighted[names.TRUE_ACCURACY] = (0.0, 0.0)
     checkable = [g for g in labeled if problems[g].answer is not None]
-    m.weighted["train/label_accuracy"] = (
+    m.weighted[names.LABEL_ACCURACY] = (
         (float(np.mean([equivalent(problems[g].answer, group_votes[g].label) for g in checkable])), len(checkable))
         if checkable
         else (0.0, 0.0)
     )
-    for key in ("loss", "pg_loss", "clip_frac", "kl", "trained_samples"):
-        m.summed[f"train/{key}"] = update[key]
-    for key in ("tis_weight_mean", "tis_clip_frac"):  # with algo.tis_cap, on a step that trained
+    for key, name in UPDATE_METRICS.items():
+        m.summed[name] = update[key]
+    for key, name in TIS_METRICS.items():  # with algo.tis_cap, on a step that trained
         if key in update:
-            m.summed[f"train/{key}"] = update[key]
-    m.maxed["train/grad_norm"] = update["grad_norm"]
+            m.summed[name] = update[key]
+    m.maxed[names.GRAD_NORM] = update["grad_norm"]
     return m
 
 
@@ -238,8 +247,8 @@ def role_signals(
     same = same_answers(pairs, equivalent)
     momentum_agrees = vote.agrees[num_policy:]
     return {
-        "train/policy_momentum_disagreement": (1.0 - float(np.mean(same)) if same else 0.0, float(len(same))),
-        "train/momentum_agreement": (float(np.mean(momentum_agrees)), float(len(momentum_agrees))),
+        names.POLICY_MOMENTUM_DISAGREEMENT: (1.0 - float(np.mean(same)) if same else 0.0, float(len(same))),
+        names.MOMENTUM_AGREEMENT: (float(np.mean(momentum_agrees)), float(len(momentum_agrees))),
     }
 
 
@@ -278,9 +287,9 @@ class PseudoLabelMemory:
         seen = [(self.labels[uid], label) for uid, label in now if uid in self.labels]
         out: dict[str, float] = {}
         if seen:
-            out["train/label_flip_frac"] = 1.0 - float(np.mean(same_answers(seen, equivalent)))
+            out[names.LABEL_FLIP_FRAC] = 1.0 - float(np.mean(same_answers(seen, equivalent)))
         if now:
             mode = majority_vote([label for _, label in now], [0] * len(now), equivalent)
-            out["train/label_mode_frac"] = mode.groups[0].vote_share
+            out[names.LABEL_MODE_FRAC] = mode.groups[0].vote_share
         self.labels.update(now)
         return out

@@ -13,8 +13,8 @@ the monitor's decision (`mgrpo.parallel`), and the weight hand-off (`mgrpo.rollo
 Where this departs from the paper's Algorithm 1 (each is a config setting):
 - momentum samples only vote; they are never trained on (they come from another policy);
 - the reference model is loaded only when the KL coefficient is > 0;
-- hidden labels, when the data has them, are read only by the diagnostics
-  (train/label_accuracy, train/true_accuracy, val/*) unless algo.reward=ground_truth.
+- hidden labels, when the data has them, are read only by the diagnostics (collapse/label_accuracy,
+  collapse/true_accuracy, collapse/selection_accuracy, eval/*) unless algo.reward=ground_truth.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 import transformers
 
 from mgrpo import checkpoint as ckpt
+from mgrpo import metric_names as names
 from mgrpo.algos.answers import extract_answer
 from mgrpo.algos.ema import ema_update_
 from mgrpo.algos.grader import AnswerEquivalence
@@ -63,7 +64,7 @@ from mgrpo.rollout import build_engines, encode_prompts, sample_seed
 from mgrpo.rollout.base import Rollouts
 from mgrpo.run_monitor import RunMonitor
 from mgrpo.sharding import compute_context, full_parameters
-from mgrpo.step_metrics import PAD_RATIO_METRIC, PseudoLabelMemory, logprob_drift, role_signals, step_metrics, step_pseudo_labels
+from mgrpo.step_metrics import PseudoLabelMemory, logprob_drift, role_signals, step_metrics, step_pseudo_labels
 from mgrpo.tasks import Problem, load_task, prepare_task
 from mgrpo.tracking import Tracker
 from mgrpo.vote_check import vote_check
@@ -230,7 +231,7 @@ class Trainer:
                 scores = score_phase(self.policy, policy_ro, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
                 policy_entropy = scores.entropy if policy_entropy is None else policy_entropy
                 old_logprobs = None if on_policy else scores.logprobs
-                drifts["train/rollout_logprob_drift"] = self.guard_drift("policy", policy_ro, scores.logprobs)
+                drifts[names.ROLLOUT_LOGPROB_DRIFT] = self.guard_drift("policy", policy_ro, scores.logprobs)
             ref_logprobs = None
             if self.reference is not None:
                 ref_logprobs = score_phase(self.reference, policy_ro, r.temperature, r.score_chunk_size, "sampled", self.context).logprobs
@@ -242,7 +243,7 @@ class Trainer:
                 entropies.append(momentum_entropy)
                 groups.append(momentum_ro.group_ids)
                 texts += momentum_ro.texts
-                extra["train/entropy_momentum"] = (float(momentum_entropy.mean()), len(momentum_ro))
+                extra[names.ENTROPY_MOMENTUM] = (float(momentum_entropy.mean()), len(momentum_ro))
         pooled_entropy, pooled_groups = torch.cat(entropies), torch.cat(groups)
         num_policy_samples = len(policy_ro)
 
@@ -256,7 +257,7 @@ class Trainer:
             gold = [problems[g].answer for g in pooled_groups.tolist()]
             certainty = self.self_certainty(policy_ro) if a.reward in NEEDS_SELF_CERTAINTY else sampler_self_certainty(policy_ro)
             if certainty is not None:
-                extra["train/self_certainty"] = (float(certainty.mean()), len(certainty))
+                extra[names.SELF_CERTAINTY] = (float(certainty.mean()), len(certainty))
             rewards = REWARD_SOURCES[a.reward](answers, pooled_groups.tolist(), vote, gold, self.equivalent, self_certainty=certainty)
             policy_rewards = rewards[:num_policy_samples]
             members = keep[:num_policy_samples] & first_per_group(policy_ro.group_ids, self.num_trained)
@@ -268,7 +269,7 @@ class Trainer:
             # Without a scoring pass the policy's drift is checked on the update's own forward,
             # before its optimizer step.
             guard = None
-            if "train/rollout_logprob_drift" not in drifts and policy_ro.sampler_logprobs is not None:
+            if names.ROLLOUT_LOGPROB_DRIFT not in drifts and policy_ro.sampler_logprobs is not None:
                 guard = self.policy_drift_hook(policy_ro, drifts)
             update = update_phase(
                 self.policy,
@@ -295,7 +296,7 @@ class Trainer:
 
         local = step_metrics(problems, policy_ro, policy_entropy, answers, vote, keep, policy_rewards, advantages, members, adv_metrics, update, self.equivalent)
         local.weighted.update(extra)
-        local.weighted[PAD_RATIO_METRIC] = take_pad_ratio(scorers)
+        local.weighted[names.PAD_RATIO] = take_pad_ratio(scorers)
         with timed(times, "signals"):  # label-free health signals that need more than one vote
             if momentum_ro is not None:
                 local.weighted.update(role_signals(answers, pooled_groups.tolist(), num_policy_samples, vote, self.equivalent))
@@ -303,13 +304,13 @@ class Trainer:
             label_signals = self.label_memory.observe([p for part in step_labels for p in part], self.equivalent) if self.ranks.is_main else {}
         local.maxed.update(times)
         if ema_squared_distance is not None:
-            local.summed["train/ema_param_distance"] = ema_squared_distance
+            local.summed[names.EMA_PARAM_DISTANCE] = ema_squared_distance
         metrics = self.ranks.reduce_metrics(local.weighted, local.summed, local.maxed)
-        if "train/ema_param_distance" in metrics:
-            metrics["train/ema_param_distance"] = metrics["train/ema_param_distance"] ** 0.5
+        if names.EMA_PARAM_DISTANCE in metrics:
+            metrics[names.EMA_PARAM_DISTANCE] = metrics[names.EMA_PARAM_DISTANCE] ** 0.5
         if self.reference is None:
-            metrics.pop("train/kl", None)
-        metrics["train/lr"] = lr
+            metrics.pop(names.KL, None)
+        metrics[names.LR] = lr
         metrics.update(label_signals)
         metrics.update({key: drift for key, (drift, tokens) in drifts.items() if tokens > 0})
         return metrics
@@ -319,7 +320,7 @@ class Trainer:
 
         def guard(logprobs: torch.Tensor, rows: torch.Tensor) -> None:
             rows = torch.nonzero(rows).squeeze(-1)
-            drifts["train/rollout_logprob_drift"] = self.guard_drift("policy", rollouts.select(rows), logprobs[rows])
+            drifts[names.ROLLOUT_LOGPROB_DRIFT] = self.guard_drift("policy", rollouts.select(rows), logprobs[rows])
 
         return guard
 
@@ -340,7 +341,7 @@ class Trainer:
         its log-prob drift measured on one sample per prompt."""
         a, r = self.cfg.algo, self.cfg.rollout
         entropy = sampler_entropy(rollouts, a.entropy_estimator)
-        key = "train/rollout_logprob_drift_momentum"
+        key = names.ROLLOUT_LOGPROB_DRIFT_MOMENTUM
         if entropy is None:
             scores = score_phase(self.momentum, rollouts, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
             drifts[key] = self.guard_drift("momentum", rollouts, scores.logprobs)
@@ -406,7 +407,7 @@ class Trainer:
             if step % t.eval_every == 0 or step == t.total_steps:
                 with timed(metrics, "eval"):
                     metrics.update(self.evaluate(step))
-            metrics["time/step"] = time.perf_counter() - start
+            metrics[names.STEP_TIME] = time.perf_counter() - start
             self.log_metrics(metrics, step)
             stop_early = False
             if self.monitor.due(step):
@@ -429,9 +430,9 @@ class Trainer:
                 raise JobStopped(step, saved)
             if progress is not None:
                 progress.update(1)
-                shown = {"reward": metrics["train/pseudo_reward"], "H": metrics["train/entropy"]}
-                if self.monitor.latest("val/accuracy") is not None:
-                    shown["val"] = self.monitor.latest("val/accuracy")
+                shown = {"reward": metrics[names.PSEUDO_REWARD], "H": metrics[names.ENTROPY]}
+                if self.monitor.latest(names.SELECTION_ACCURACY) is not None:
+                    shown["val"] = self.monitor.latest(names.SELECTION_ACCURACY)
                 progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
         if progress is not None:
             progress.close()

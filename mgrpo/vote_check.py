@@ -13,11 +13,11 @@ first `trainer.vote_check_size` problems of the selection set:
 
 Logged against the gold answers (`mgrpo_analysis.vote_check.VOTE_CHECK_METRICS`, where the report
 reads them):
-- val/vote_check/label_accuracy: the pseudo-label is equivalent to the gold answer (a prompt left
+- eval/vote_check/label_accuracy: the pseudo-label is equivalent to the gold answer (a prompt left
   unlabelled counts as wrong);
-- val/vote_check/greedy_accuracy: the greedy answer is;
-- val/vote_check/label_minus_greedy: the first minus the second, on the same problems;
-- val/vote_check/labelled_frac: prompts that received a pseudo-label.
+- eval/vote_check/greedy_accuracy: the greedy answer is;
+- eval/vote_check/label_minus_greedy: the first minus the second, on the same problems;
+- eval/vote_check/labelled_frac: prompts that received a pseudo-label.
 
 A labelled diagnostic only: no training phase, the collapse monitor (`MONITORED`), checkpoint
 selection or a sweep's objective reads it (a test pins that). Ranks split the problems as the

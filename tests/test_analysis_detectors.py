@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mgrpo import metric_names as names
 from mgrpo_analysis.detectors import DETECTORS, Thresholds, detect_runs
 from mgrpo_analysis.monitor import check_history
 
@@ -29,12 +30,12 @@ def train(fn, last=400, sd=0.04, seed=1):
 
 def flat_train_metrics(last=400, seed=1):
     return {
-        "train/pseudo_reward": train(lambda s: 0.6, last, seed=seed),
-        "train/true_accuracy": train(lambda s: 0.4, last, seed=seed + 1),
-        "train/label_accuracy": train(lambda s: 0.55, last, sd=0.12, seed=seed + 2),
-        "train/entropy": train(lambda s: 0.8, last, sd=0.02, seed=seed + 3),
-        "train/vote_share": train(lambda s: 0.6, last, seed=seed + 4),
-        "train/zero_std_frac": train(lambda s: 0.2, last, sd=0.1, seed=seed + 5),
+        names.PSEUDO_REWARD: train(lambda s: 0.6, last, seed=seed),
+        names.TRUE_ACCURACY: train(lambda s: 0.4, last, seed=seed + 1),
+        names.LABEL_ACCURACY: train(lambda s: 0.55, last, sd=0.12, seed=seed + 2),
+        names.ENTROPY: train(lambda s: 0.8, last, sd=0.02, seed=seed + 3),
+        names.VOTE_SHARE: train(lambda s: 0.6, last, seed=seed + 4),
+        names.ZERO_STD_FRAC: train(lambda s: 0.2, last, sd=0.1, seed=seed + 5),
     }
 
 
@@ -47,7 +48,7 @@ def rise_then_fall(peak_step, last, top=0.6, bottom=0.2, base=0.4):
 
 
 def test_clean_rise_then_fall_is_an_accuracy_collapse_after_the_peak():
-    v = check_history({"val/accuracy": evals(rise_then_fall(100, 400))})
+    v = check_history({names.SELECTION_ACCURACY: evals(rise_then_fall(100, 400))})
     assert v.collapsed and v.fired == ("accuracy_collapse",)
     assert 100 < v.collapse_step <= 200
     assert v.peak_step in (75, 100, 125) and v.peak_value == pytest.approx(0.6, abs=0.04)
@@ -58,7 +59,7 @@ def test_clean_rise_then_fall_is_an_accuracy_collapse_after_the_peak():
 
 @pytest.mark.parametrize("seed", range(20))
 def test_noisy_flat_run_fires_nothing(seed):
-    history = {"val/accuracy": evals(lambda s: 0.4, last=1000, seed=seed), **flat_train_metrics(1000, seed)}
+    history = {names.SELECTION_ACCURACY: evals(lambda s: 0.4, last=1000, seed=seed), **flat_train_metrics(1000, seed)}
     v = check_history(history)
     assert not v.collapsed, v.summary()
     assert v.tags() == {"mgrpo.collapsed": "false", "mgrpo.collapse_step": ""}
@@ -66,9 +67,9 @@ def test_noisy_flat_run_fires_nothing(seed):
 
 def test_steady_rise_fires_nothing():
     history = {
-        "val/accuracy": evals(lambda s: 0.4 + 0.3 * s / 400),
-        "train/pseudo_reward": train(lambda s: 0.5 + 0.4 * s / 400),
-        "train/true_accuracy": train(lambda s: 0.35 + 0.3 * s / 400),
+        names.SELECTION_ACCURACY: evals(lambda s: 0.4 + 0.3 * s / 400),
+        names.PSEUDO_REWARD: train(lambda s: 0.5 + 0.4 * s / 400),
+        names.TRUE_ACCURACY: train(lambda s: 0.35 + 0.3 * s / 400),
     }
     v = check_history(history)
     assert not v.collapsed
@@ -76,60 +77,60 @@ def test_steady_rise_fires_nothing():
 
 
 def test_late_collapse_is_found_near_the_end():
-    v = check_history({"val/accuracy": evals(rise_then_fall(1700, 2000, bottom=0.3), last=2000)})
+    v = check_history({names.SELECTION_ACCURACY: evals(rise_then_fall(1700, 2000, bottom=0.3), last=2000)})
     assert v.fired == ("accuracy_collapse",)
     assert 1700 < v.collapse_step <= 1925
 
 
 def test_a_dip_that_recovers_is_not_a_collapse():
     dip = lambda s: 0.3 if 150 <= s <= 225 else 0.55  # noqa: E731
-    assert not check_history({"val/accuracy": evals(dip)}).collapsed
+    assert not check_history({names.SELECTION_ACCURACY: evals(dip)}).collapsed
 
 
 def test_early_entropy_collapse_fires_and_a_slow_decline_does_not():
-    sharp = {"train/entropy": train(lambda s: 0.05 + 0.95 * np.exp(-s / 15), sd=0.01)}
+    sharp = {names.ENTROPY: train(lambda s: 0.05 + 0.95 * np.exp(-s / 15), sd=0.01)}
     v = check_history(sharp)
     assert v.fired == ("entropy_collapse",) and v.collapse_step <= 60
-    slow = {"train/entropy": train(lambda s: 1.0 - 0.8 * s / 400, sd=0.01)}
+    slow = {names.ENTROPY: train(lambda s: 1.0 - 0.8 * s / 400, sd=0.01)}
     assert not check_history(slow).collapsed
     assert "fell late" in check_history(slow).detection("entropy_collapse").detail
 
 
 def test_reward_rising_while_true_accuracy_falls_is_a_divergence():
     history = {
-        "train/pseudo_reward": train(lambda s: 0.5 + 0.45 * s / 400),
-        "train/true_accuracy": train(rise_then_fall(100, 400, top=0.5, bottom=0.15, base=0.35)),
+        names.PSEUDO_REWARD: train(lambda s: 0.5 + 0.45 * s / 400),
+        names.TRUE_ACCURACY: train(rise_then_fall(100, 400, top=0.5, bottom=0.15, base=0.35)),
     }
     v = check_history(history)
     assert v.fired == ("reward_accuracy_divergence",)
     assert 100 < v.collapse_step < 250
-    assert "train/true_accuracy" in v.detection("reward_accuracy_divergence").detail
-    assert any("no val/accuracy curve" in n for n in v.notes)
+    assert names.TRUE_ACCURACY in v.detection("reward_accuracy_divergence").detail
+    assert any(f"no {names.SELECTION_ACCURACY} curve" in n for n in v.notes)
 
 
 def test_divergence_falls_back_to_val_accuracy_and_uses_label_accuracy():
     reward = train(lambda s: 0.5 + 0.45 * s / 400)
-    v = check_history({"train/pseudo_reward": reward, "val/accuracy": evals(rise_then_fall(100, 400))})
+    v = check_history({names.PSEUDO_REWARD: reward, names.SELECTION_ACCURACY: evals(rise_then_fall(100, 400))})
     assert "reward_accuracy_divergence" in v.fired
-    v = check_history({"train/pseudo_reward": reward,
-                       "train/label_accuracy": train(rise_then_fall(100, 400, top=0.8, bottom=0.3))})
-    assert "train/label_accuracy" in v.detection("reward_accuracy_divergence").detail
+    v = check_history({names.PSEUDO_REWARD: reward,
+                       names.LABEL_ACCURACY: train(rise_then_fall(100, 400, top=0.8, bottom=0.3))})
+    assert names.LABEL_ACCURACY in v.detection("reward_accuracy_divergence").detail
 
 
 def test_degenerate_consensus_unless_the_consensus_is_correct():
     to_one = lambda s: min(1.0, 0.5 + s / 200)  # noqa: E731
-    history = {"train/vote_share": train(to_one, sd=0.005), "train/zero_std_frac": train(to_one, sd=0.005)}
-    v = check_history({**history, "train/label_accuracy": train(lambda s: 0.3)})
+    history = {names.VOTE_SHARE: train(to_one, sd=0.005), names.ZERO_STD_FRAC: train(to_one, sd=0.005)}
+    v = check_history({**history, names.LABEL_ACCURACY: train(lambda s: 0.3)})
     assert v.fired == ("degenerate_consensus",) and 80 <= v.collapse_step <= 120  # 0.95 at step 90
-    assert not check_history({**history, "train/label_accuracy": train(lambda s: 0.99, sd=0.005)}).collapsed
+    assert not check_history({**history, names.LABEL_ACCURACY: train(lambda s: 0.99, sd=0.005)}).collapsed
 
 
 @pytest.mark.parametrize("history", [
     {},
-    {"val/accuracy": []},
-    {"val/accuracy": [(0, 0.5)]},
-    {"val/accuracy": [(0, 0.5), (5, 0.1), (10, 0.1)], "train/entropy": [(s, 1.0 / s) for s in range(1, 11)],
-     "train/pseudo_reward": [(s, 0.1 * s) for s in range(1, 11)]},
+    {names.SELECTION_ACCURACY: []},
+    {names.SELECTION_ACCURACY: [(0, 0.5)]},
+    {names.SELECTION_ACCURACY: [(0, 0.5), (5, 0.1), (10, 0.1)], names.ENTROPY: [(s, 1.0 / s) for s in range(1, 11)],
+     names.PSEUDO_REWARD: [(s, 0.1 * s) for s in range(1, 11)]},
 ])
 def test_runs_shorter_than_the_window_do_not_crash_or_collapse(history):
     v = check_history(history)
@@ -137,7 +138,7 @@ def test_runs_shorter_than_the_window_do_not_crash_or_collapse(history):
 
 
 def test_the_drop_must_exceed_the_heldout_standard_error():
-    history = {"val/accuracy": evals(rise_then_fall(100, 400, top=0.5, bottom=0.4, base=0.5), n=100_000)}
+    history = {names.SELECTION_ACCURACY: evals(rise_then_fall(100, 400, top=0.5, bottom=0.4, base=0.5), n=100_000)}
     assert check_history(history, Thresholds(heldout_size=1000)).collapsed  # 3 SE = 0.047
     assert not check_history(history, Thresholds(heldout_size=100)).collapsed  # 3 SE = 0.15
     assert not check_history(history, Thresholds(min_drop=0.2)).collapsed
@@ -146,7 +147,7 @@ def test_the_drop_must_exceed_the_heldout_standard_error():
 def test_history_order_and_repeated_steps():
     points = evals(rise_then_fall(100, 400))
     resumed = points[::-1] + [(400, 0.65)]  # a resumed run re-logged the last step: last value wins
-    v = check_history({"val/accuracy": resumed})
+    v = check_history({names.SELECTION_ACCURACY: resumed})
     assert (v.final_step, v.final_value) == (400, 0.65) and (v.peak_step, v.peak_value) == (400, 0.65)
 
 
@@ -161,7 +162,7 @@ def test_detect_runs_reads_the_long_frame_and_each_runs_heldout_size():
     rows = []
     fall = evals(rise_then_fall(100, 400, top=0.5, bottom=0.4, base=0.5), n=100_000)
     for run_id in ("big", "small", "empty"):
-        rows += [(run_id, s, "val/accuracy", v) for s, v in (fall if run_id != "empty" else [])]
+        rows += [(run_id, s, names.SELECTION_ACCURACY, v) for s, v in (fall if run_id != "empty" else [])]
     curves = pd.DataFrame(rows, columns=["run_id", "step", "metric", "value"])
     runs = pd.DataFrame({"run_id": ["big", "small", "empty"],
                          "params.data.heldout_size": ["1000", "100", "1000"],
@@ -171,7 +172,7 @@ def test_detect_runs_reads_the_long_frame_and_each_runs_heldout_size():
     assert list(out["collapsed"]) == [True, False, False]
     assert out.loc[0, "detectors"] == "accuracy_collapse"
     assert out.loc[0, "step_accuracy_collapse"] == out.loc[0, "collapse_step"]
-    assert "no val/accuracy curve" in out.loc[2, "notes"] and pd.isna(out.loc[2, "peak"])
+    assert f"no {names.SELECTION_ACCURACY} curve" in out.loc[2, "notes"] and pd.isna(out.loc[2, "peak"])
 
 
 def test_the_monitor_imports_neither_mlflow_nor_matplotlib():

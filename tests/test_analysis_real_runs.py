@@ -8,6 +8,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
+from mgrpo import metric_names as names
 from mgrpo_analysis.store import Selection, Store
 from tests.test_trainer import fast_overrides
 from tests.trainer_helpers import train
@@ -38,12 +39,12 @@ def test_loader_reads_what_the_trainer_logged(real_store):
     curves = store.curves(runs, cache_dir=root / "cache")
     client = MlflowClient(uri)
     for run_id in runs["run_id"]:
-        for key in ("val/accuracy", "train/pseudo_reward", "train/entropy"):
+        for key in (names.SELECTION_ACCURACY, names.PSEUDO_REWARD, names.ENTROPY):
             expected = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
             got = curves[(curves.run_id == run_id) & (curves.metric == key)].sort_values("step")
             assert list(got.step) == [s for s, _ in expected]
             assert list(got.value) == pytest.approx([v for _, v in expected])
-    momentum_runs = set(curves[curves.metric == "train/entropy_momentum"].run_id)
+    momentum_runs = set(curves[curves.metric == names.ENTROPY_MOMENTUM].run_id)
     assert momentum_runs == set(runs[runs.method == "mgrpo"].run_id)
 
     again = store.curves(runs, cache_dir=root / "cache")
@@ -83,7 +84,7 @@ def test_cli_report_on_real_runs(real_store):
     assert "Label-free detectors vs the labelled verdict" in result.stdout
     curves = Store.open(uri).curves(Store.open(uri).select(Selection(experiments=("real",))).runs, cache_dir=None)
     logged = set(curves["metric"])
-    assert {"train/label_mode_frac", "train/answer_log_magnitude", "train/policy_momentum_disagreement",
-            "train/momentum_agreement"} <= logged
+    assert {names.LABEL_MODE_FRAC, names.ANSWER_LOG_MAGNITUDE, names.POLICY_MOMENTUM_DISAGREEMENT,
+            names.MOMENTUM_AGREEMENT} <= logged
     artifacts = {a.path for a in client.list_artifacts(reports[0].info.run_id)}
     assert "report.md" in artifacts or any(p.endswith("report.md") for p in artifacts)

@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from mgrpo import metric_names as names
 from mgrpo_analysis import cli
 from mgrpo_analysis.store import Selection, Store, TrackingError, _assemble
 from mgrpo_analysis.synthetic import RunSpec, log_runs
@@ -63,7 +64,7 @@ def test_sql_fast_path_matches_the_client_api(tracking):
     uri, client = tracking
     run_id = Store.open(uri).select(Selection(("exp",), sweep_ids=("lr",))).runs["run_id"].iloc[0]
     # a resumed run re-logs step 5 later: the newest value wins; NaN stays NaN
-    client.log_batch(run_id, metrics=[Metric("train/kl", 123.0, 10**13, 5),
+    client.log_batch(run_id, metrics=[Metric(names.KL, 123.0, 10**13, 5),
                                       Metric("train/odd", float("nan"), 10**13, 1)])
     store = Store.open(uri)
     runs = store.select(Selection(("exp",), sweep_ids=("lr",))).runs.head(2)
@@ -75,7 +76,7 @@ def test_sql_fast_path_matches_the_client_api(tracking):
     curves = _assemble(list(runs["run_id"]), sql)
     assert list(curves.columns) == ["run_id", "step", "metric", "value"]
     assert len(curves) == 2 * (10 * 150 + 16) + 1
-    kl = curves[(curves["run_id"] == run_id) & (curves["metric"] == "train/kl") & (curves["step"] == 5)]
+    kl = curves[(curves["run_id"] == run_id) & (curves["metric"] == names.KL) & (curves["step"] == 5)]
     assert list(kl["value"]) == [123.0]
     assert curves[curves["metric"] == "train/odd"]["value"].isna().all()
 
@@ -104,11 +105,11 @@ def test_curves_are_cached_and_new_data_invalidates_only_that_run(tracking, tmp_
     assert warm < 5
 
     changed = runs["run_id"].iloc[3]
-    client.log_batch(changed, metrics=[Metric("val/accuracy", 0.5, 10**13, 151)])
+    client.log_batch(changed, metrics=[Metric(names.SELECTION_ACCURACY, 0.5, 10**13, 151)])
     reopened = Store.open(uri)
     third = reopened.curves(reopened.select(Selection(("exp",), sweep_ids=("lr",))).runs, tmp_path)
     assert fetched[1:] == [[changed]]
-    assert 151 in set(third[(third["run_id"] == changed) & (third["metric"] == "val/accuracy")]["step"])
+    assert 151 in set(third[(third["run_id"] == changed) & (third["metric"] == names.SELECTION_ACCURACY)]["step"])
     assert len(list(tmp_path.rglob(f"{changed}.*.parquet"))) == 1
 
 
@@ -120,7 +121,7 @@ def test_report_end_to_end(tracking, tmp_path, capsys):
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "Verdicts (9 runs" in printed.out and "Best vs final" in printed.out
-    assert "no-eval" in printed.err and "no val/accuracy curve" in printed.err
+    assert "no-eval" in printed.err and f"no {names.SELECTION_ACCURACY} curve" in printed.err
 
     for name in ("report.md", "curves.png", "entropy.png", "verdicts.csv", "best_vs_final.csv", "paired.csv"):
         assert (out / name).is_file(), name

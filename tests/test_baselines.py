@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mgrpo import metric_names as names
 from mgrpo.models.scorer import ResponseScorer
 from mgrpo.phases import sampler_self_certainty, score_phase
 from mgrpo.rollout.base import encode_prompts
@@ -76,11 +77,11 @@ def test_intuitor_without_the_samplers_record_scores_self_certainty_in_a_pass(ti
     monkeypatch.setattr(HFRolloutEngine, "generate", lambda self, *a, **k: replace(generate(self, *a, **k), sampler_self_certainty=None))
     scored = run("scored")
     # (train/loss is ~0 by construction, the mean of zero-mean advantages: compare its parts instead.)
-    for key in ("train/reward", "train/self_certainty", "train/advantage_abs_mean", "train/grad_norm"):
+    for key in (names.REWARD, names.SELF_CERTAINTY, names.ADVANTAGE_ABS_MEAN, names.GRAD_NORM):
         assert [s for s, _ in scored[key]] == [1, 2]
         for (_, a), (_, b) in zip(recorded[key], scored[key]):
             assert math.isclose(a, b, rel_tol=1e-4), key
-    assert recorded["val/accuracy"] == scored["val/accuracy"]
+    assert recorded[names.SELECTION_ACCURACY] == scored[names.SELECTION_ACCURACY]
 
 
 # ---- TTRL: the vote sees the whole pool, the loss only the trained samples ------------------------
@@ -112,7 +113,7 @@ def test_ttrl_votes_over_the_pool_and_trains_on_the_first_half(tiny_cache, tmp_p
         assert (advantages[~members] == 0).all()
         assert torch.equal(groups, torch.arange(4).repeat_interleave(8))
     series = next(iter(metric_series(uri, "ttrl").values()))
-    assert all(v <= 16 for _, v in series["train/trained_samples"])
+    assert all(v <= 16 for _, v in series[names.TRAINED_SAMPLES])
 
 
 # ---- the label-free baselines never read the hidden labels ---------------------------------------
@@ -135,12 +136,12 @@ def test_label_free_baselines_never_read_training_labels(algo, tiny_cache, tmp_p
         return next(iter(metric_series(uri, "leak").values()))
 
     clean, corrupt = run_with("clean"), run_with("corrupt")
-    diagnostics = {"train/label_accuracy", "train/true_accuracy"}
-    compared = [k for k in clean if not k.startswith("time/") and k not in diagnostics]
-    assert "train/loss" in compared and "val/accuracy" in compared
+    diagnostics = {names.LABEL_ACCURACY, names.TRUE_ACCURACY}
+    compared = [k for k in clean if not k.startswith(names.TIME + "/") and k not in diagnostics]
+    assert names.LOSS in compared and names.SELECTION_ACCURACY in compared
     for key in compared:
         assert clean[key] == corrupt[key], f"{algo}: {key} changed when only the hidden labels changed"
-    assert clean["train/true_accuracy"] != corrupt["train/true_accuracy"], "the diagnostics should see the corrupted labels"
+    assert clean[names.TRUE_ACCURACY] != corrupt[names.TRUE_ACCURACY], "the diagnostics should see the corrupted labels"
 
 
 # ---- the new presets: every arm composes and runs a few steps ------------------------------------
@@ -182,11 +183,11 @@ def test_new_preset_arms_run_a_few_steps(name, arm, tiny_cache, tmp_path):
     overrides = [f"experiment={name}", *arm, *fast_overrides(tiny_cache, uri, name)]
     train(overrides, tmp_path / "run")
     series = next(iter(metric_series(uri, name).values()))
-    assert [s for s, _ in series["train/loss"]] == [1, 2]
-    for key in ("val/accuracy", "train/pseudo_reward", "train/entropy", "train/filtered_frac", "train/self_certainty"):
+    assert [s for s, _ in series[names.LOSS]] == [1, 2]
+    for key in (names.SELECTION_ACCURACY, names.PSEUDO_REWARD, names.ENTROPY, names.FILTERED_FRAC, names.SELF_CERTAINTY):
         assert key in series, f"{name} {arm}: {key} not logged"
     if "algo.iqr_k=null" in arm or name == "collapse_lab_baselines":
-        assert all(v == 0 for _, v in series["train/filtered_frac"]), "no filter, nothing filtered"
+        assert all(v == 0 for _, v in series[names.FILTERED_FRAC]), "no filter, nothing filtered"
 
 
 # ---- the analysis report: the arms side by side ---------------------------------------------------
@@ -203,9 +204,9 @@ def test_arm_summary_puts_the_four_arms_side_by_side():
             rows.append({"run_id": run_id, "method": method, "config": config, "seed": seed,
                          "peak": 0.4 + 0.01 * a, "final": 0.3 + 0.01 * a + 0.02 * seed})
             for step in range(0, 101):  # step 0 (the initial evaluation) is not a training step
-                points.append((run_id, step, "train/pseudo_reward", 0.4 if step <= 25 else 0.6))
-                points.append((run_id, step, "train/entropy", 0.1 + 0.001 * seed))
-                points.append((run_id, step, "train/filtered_frac", 0.07 if "0.75" in config else 0.0))
+                points.append((run_id, step, names.PSEUDO_REWARD, 0.4 if step <= 25 else 0.6))
+                points.append((run_id, step, names.ENTROPY, 0.1 + 0.001 * seed))
+                points.append((run_id, step, names.FILTERED_FRAC, 0.07 if "0.75" in config else 0.0))
     res = pd.DataFrame(rows)
     curves = pd.DataFrame(points, columns=["run_id", "step", "metric", "value"])
     summary = tables.arm_summary(res, curves)

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from mgrpo import metric_names as names
 from tests.trainer_helpers import REPO, cli, metric_series, train
 from tests.test_trainer import deterministic, fast_overrides
 
 RANKS_APP = REPO / "tests" / "apps" / "ranks_app.py"
-EXACT_TOLERANCE = {"train/loss": 1e-5, "train/pg_loss": 1e-5, "train/kl": 1e-6}
+EXACT_TOLERANCE = {names.LOSS: 1e-5, names.PG_LOSS: 1e-5, names.KL: 1e-6}
 """Absolute tolerances of metrics that are sums of near-zero terms; every other metric must agree
 to 1e-4 relative (the 2-rank run sums gradients in another order, and its engine is a copy)."""
 
@@ -62,7 +63,7 @@ def assert_close_runs(one: dict, two: dict) -> None:
     """Equal metrics within tolerance. The momentum's drift is logged only where its engine holds
     its own weights (every engine on 2 ranks; none on 1 with the HF engine), so it may be missing."""
     one, two = deterministic(one), deterministic(two)
-    optional = {"train/rollout_logprob_drift_momentum"}
+    optional = {names.ROLLOUT_LOGPROB_DRIFT_MOMENTUM}
     assert set(one) - optional == set(two) - optional, set(one) ^ set(two)
     one = {k: v for k, v in one.items() if k in two}
     for key in one:
@@ -146,9 +147,9 @@ def test_a_rank_with_nothing_to_train_does_not_hang(tiny_cache, tmp_path):
     assert result["finished"]
     series = next(iter(metric_series(uri, "empty").values()))
     per_rank = 2 * 6  # 2 prompts per rank x 6 policy samples (G = 8, N = 2)
-    trained = [v for _, v in series["train/trained_samples"]]
+    trained = [v for _, v in series[names.TRAINED_SAMPLES]]
     assert all(0 < v <= per_rank for v in trained), trained  # rank 0's samples only
-    assert [s for s, _ in series["train/loss"]] == [1, 2]
+    assert [s for s, _ in series[names.LOSS]] == [1, 2]
 
 
 @pytest.mark.slow
@@ -228,7 +229,7 @@ def test_a_killed_rank_stops_the_other_with_its_name(victim, tiny_cache, tmp_pat
             p.wait(timeout=300)
         assert [p.returncode for p in rerun] == [0, 0], rerun[0].stderr.read()[-3000:]
         series = next(iter(metric_series(uri, "dead_rank").values()))
-        assert [s for s, _ in series["train/loss"]] == list(range(1, 9))
+        assert [s for s, _ in series[names.LOSS]] == list(range(1, 9))
 
 
 def test_prompts_per_step_must_split_evenly_over_ranks(tiny_cache, tmp_path):

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from mgrpo import metric_names as names
 from mgrpo.algos.grader import AnswerEquivalence
 from mgrpo.algos.metrics import benchmark_metrics, mean_and_standard_error, pass_at_k, pass_ks
 from mgrpo.config import ConfigError, DataConfig
 from mgrpo.config_checks import validate_benchmarks
 from mgrpo.eval_cli import main
 from mgrpo.eval_inputs import EvalError, locate_checkpoint
-from mgrpo.evaluation import EvalSamples, eval_seeds, metric_name, score_benchmark
+from mgrpo.evaluation import EvalSamples, eval_seeds, score_benchmark
 from mgrpo.tasks.base import DataError, Problem
 from mgrpo.tasks.benchmarks import (
     BENCHMARKS,
@@ -151,7 +152,7 @@ def test_maj_at_n_counts_equivalent_forms_as_one_answer(equivalence):
     assert [c["sample"] for c in first] == [0, 1, 2, 3] and "prompt" in first[0] and "prompt" not in first[1]
     assert sum(c["correct"] for c in first) == 3
     assert {c["answer"]: c["agrees_with_majority"] for c in first} == {"1/2": True, "0.5": True, "\\frac{1}{2}": True, "3": False}
-    assert result.tracking_metrics()["val/b/mean_at_4_se"] == m["mean@4_se"]
+    assert result.tracking_metrics()[names.benchmark_metric("b", "mean@4_se")] == m["mean@4_se"]
 
 
 def test_every_problem_needs_n_samples(equivalence):
@@ -163,10 +164,10 @@ def test_metric_names_are_mlflow_safe():
     from mlflow.utils.validation import _validate_metric_name
 
     for key in ("mean@8", "mean@8_se", "maj@8", "pass@4"):
-        name = metric_name("aime24", key)
+        name = names.benchmark_metric("aime24", key)
         _validate_metric_name(name)
         assert "@" not in name
-    assert metric_name("aime24", "mean@8") == "val/aime24/mean_at_8"
+    assert names.benchmark_metric("aime24", "mean@8") == "eval/aime24/mean_at_8"
 
 
 def test_benchmark_seeds_differ_between_benchmarks_and_from_the_selection_set():
@@ -385,8 +386,8 @@ def test_math_run_with_tiny_bpe_logs_benchmarks_and_mgrpo_eval_reproduces_them(t
     series = run_series(uri, "math_bpe")
     for bench in ("math500", "aime24"):
         for key in ("mean_at_2", "mean_at_2_se", "maj_at_2", "pass_at_1", "pass_at_2", "no_answer_frac", "response_length"):
-            assert [s for s, _ in series[f"val/{bench}/{key}"]] == [0, 2], f"val/{bench}/{key} at every evaluation"
-        assert all(0.0 <= v <= 1.0 for _, v in series[f"val/{bench}/mean_at_2"])
+            assert [s for s, _ in series[names.benchmark_metric(bench, key)]] == [0, 2], f"{bench} {key} at every evaluation"
+        assert all(0.0 <= v <= 1.0 for _, v in series[names.benchmark_metric(bench, "mean@2")])
     from tests.test_run_datasets import run_inputs
 
     run_id = (out / "mlflow_run_id").read_text().strip()
@@ -402,7 +403,7 @@ def test_math_run_with_tiny_bpe_logs_benchmarks_and_mgrpo_eval_reproduces_them(t
     assert results["step"] == 2 and results["run_id"] == run_id
     assert results["settings"]["eval_temperature"] == 0.8, "the run's own config is reused"
     for bench in ("math500", "aime24"):
-        logged = {k.split("/")[-1]: v[-1][1] for k, v in series.items() if k.startswith(f"val/{bench}/")}
+        logged = {k.split("/")[-1]: v[-1][1] for k, v in series.items() if k.startswith(f"{names.EVAL}/{bench}/")}
         assert results["benchmarks"][bench]["n"] == 2 and results["benchmarks"][bench]["problems"] == 2
         for key, value in results["benchmarks"][bench]["metrics"].items():
             if not math.isnan(value):
@@ -413,7 +414,7 @@ def test_math_run_with_tiny_bpe_logs_benchmarks_and_mgrpo_eval_reproduces_them(t
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED", "the training run's status is left as it was"
-    history = client.get_metric_history(run_id, "val/aime24/mean_at_2")
+    history = client.get_metric_history(run_id, names.benchmark_metric("aime24", "mean@2"))
     assert sorted(p.step for p in history) == [0, 1, 2]
     artifacts = [a.path for a in client.list_artifacts(run_id, "eval/step_000001")]
     assert {"eval/step_000001/completions.jsonl", "eval/step_000001/results.json", "eval/step_000001/results.csv"} <= set(artifacts)
@@ -424,7 +425,7 @@ def test_math_run_with_tiny_bpe_logs_benchmarks_and_mgrpo_eval_reproduces_them(t
 @pytest.mark.slow
 def test_benchmark_labels_change_no_training_decision(tiny_cache, tmp_path):
     """Corrupting a benchmark's gold answers changes its reported numbers and nothing else: every
-    training curve, the selection set's val/accuracy, the monitor's verdicts and the objective are
+    training curve, the selection set's accuracy, the monitor's verdicts and the objective are
     identical. Benchmark metrics land at every evaluation step."""
     from mgrpo.tasks.arithmetic import arithmetic_problem
     from tests.trainer_helpers import train
@@ -469,12 +470,13 @@ def test_benchmark_labels_change_no_training_decision(tiny_cache, tmp_path):
         results[labels] = (objective, run_series(uri, "selection"), tags)
 
     (obj_a, clean, tags_a), (obj_b, corrupt, tags_b) = results["clean"], results["corrupt"]
-    assert [s for s, _ in clean["val/arith/mean_at_1"]] == [0, 2, 3], "benchmarks at step 0, every eval_every, and the end"
-    assert all(v == 0 for _, v in corrupt["val/arith/mean_at_1"]) and any(v > 0 for _, v in clean["val/arith/mean_at_1"]), (
+    arith = names.benchmark_metric("arith", "mean@1")
+    assert [s for s, _ in clean[arith]] == [0, 2, 3], "benchmarks at step 0, every eval_every, and the end"
+    assert all(v == 0 for _, v in corrupt[arith]) and any(v > 0 for _, v in clean[arith]), (
         "the benchmark's labels were read, and reported"
     )
     for key in clean:
-        if key.startswith("val/arith/") or key.startswith("time/"):
+        if key.startswith((f"{names.EVAL}/arith/", names.TIME + "/")):
             continue
         assert clean[key] == corrupt[key], f"{key} changed when only a benchmark's labels changed"
     assert obj_a == obj_b and tags_a == tags_b, "objective and monitor verdicts are the selection set's alone"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from mgrpo import metric_names as names
 from mgrpo.algos.voting import majority_vote
 from mgrpo.step_metrics import LABEL_FREE_METRICS, LABEL_METRICS, PseudoLabelMemory, role_signals, same_answers, step_pseudo_labels
 from mgrpo.tasks import Problem
@@ -26,7 +27,7 @@ def numeric(a: str, b: str) -> bool:
 
 def test_signal_registries_are_disjoint():
     assert not set(LABEL_FREE_METRICS) & set(LABEL_METRICS)
-    assert {"train/true_accuracy", "train/label_accuracy"} == set(LABEL_METRICS)
+    assert {names.TRUE_ACCURACY, names.LABEL_ACCURACY} == set(LABEL_METRICS)
 
 
 def test_same_answers_uses_the_normalised_fast_path_then_the_equivalence():
@@ -50,9 +51,9 @@ def test_role_signals_hand_computed():
     groups = [0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 0, 1, 1, 2, 2]
     pooled = majority_vote(answers, groups, exact)  # pooled labels: 7, 5, 2
     out = role_signals(answers, groups, 9, pooled, exact)
-    assert out["train/policy_momentum_disagreement"] == (pytest.approx(0.5), 2.0)
+    assert out[names.POLICY_MOMENTUM_DISAGREEMENT] == (pytest.approx(0.5), 2.0)
     # momentum samples agreeing with the pooled label: "7" (yes), "9", "6", "6", None, None
-    assert out["train/momentum_agreement"] == (pytest.approx(1 / 6), 6.0)
+    assert out[names.MOMENTUM_AGREEMENT] == (pytest.approx(1 / 6), 6.0)
 
 
 def test_role_signals_compare_answers_by_equivalence_not_by_string():
@@ -60,8 +61,8 @@ def test_role_signals_compare_answers_by_equivalence_not_by_string():
     groups = [0, 0, 0, 0]
     pooled = majority_vote(answers, groups, numeric_frac)
     out = role_signals(answers, groups, 2, pooled, numeric_frac)
-    assert out["train/policy_momentum_disagreement"] == (0.0, 1.0)
-    assert out["train/momentum_agreement"] == (1.0, 2.0)
+    assert out[names.POLICY_MOMENTUM_DISAGREEMENT] == (0.0, 1.0)
+    assert out[names.MOMENTUM_AGREEMENT] == (1.0, 2.0)
 
 
 def numeric_frac(a: str, b: str) -> bool:
@@ -82,17 +83,17 @@ def test_role_signals_without_momentum_samples_is_empty():
 def test_pseudo_label_memory_flips_and_mode_hand_computed():
     memory = PseudoLabelMemory()
     first = memory.observe([("a", "1"), ("b", "2"), ("c", "2"), ("d", None)], exact)
-    assert "train/label_flip_frac" not in first  # nothing seen before
-    assert first["train/label_mode_frac"] == pytest.approx(2 / 3)  # "2" twice among 3 labelled
+    assert names.LABEL_FLIP_FRAC not in first  # nothing seen before
+    assert first[names.LABEL_MODE_FRAC] == pytest.approx(2 / 3)  # "2" twice among 3 labelled
     # epoch 2: a keeps 1, b flips to 3, c unlabeled now (keeps 2), d first labelled now
     second = memory.observe([("a", "1"), ("b", "3"), ("c", None), ("d", "4")], exact)
-    assert second["train/label_flip_frac"] == pytest.approx(1 / 2)  # a, b compared
-    assert second["train/label_mode_frac"] == pytest.approx(1 / 3)
+    assert second[names.LABEL_FLIP_FRAC] == pytest.approx(1 / 2)  # a, b compared
+    assert second[names.LABEL_MODE_FRAC] == pytest.approx(1 / 3)
     assert memory.labels == {"a": "1", "b": "3", "c": "2", "d": "4"}
     restored = PseudoLabelMemory()
     restored.load_state_dict(memory.state_dict())
     assert restored.labels == memory.labels
-    assert restored.observe([("c", "2.0")], numeric) == {"train/label_flip_frac": 0.0, "train/label_mode_frac": 1.0}
+    assert restored.observe([("c", "2.0")], numeric) == {names.LABEL_FLIP_FRAC: 0.0, names.LABEL_MODE_FRAC: 1.0}
 
 
 def test_step_pseudo_labels_keys_by_uid_and_never_reads_gold():
@@ -123,10 +124,10 @@ def test_trainer_logs_label_free_signals_and_resumes_the_label_memory(tiny_cache
     ref_uri = f"sqlite:///{tmp_path}/ref.db"
     train(overrides(ref_uri), tmp_path / "ref")
     ref = next(iter(metric_series(ref_uri, "signals").values()))
-    for key in ("train/policy_momentum_disagreement", "train/momentum_agreement", "train/label_mode_frac"):
+    for key in (names.POLICY_MOMENTUM_DISAGREEMENT, names.MOMENTUM_AGREEMENT, names.LABEL_MODE_FRAC):
         assert [s for s, _ in ref[key]] == [1, 2, 3], key
         assert all(0.0 <= v <= 1.0 for _, v in ref[key]), key
-    assert [s for s, _ in ref["train/label_flip_frac"]] == [3]
+    assert [s for s, _ in ref[names.LABEL_FLIP_FRAC]] == [3]
     ref_labels = ckpt.latest_checkpoint(tmp_path / "ref").state["pseudo_labels"]
     assert 4 < len(ref_labels) <= 8 and all(uid.startswith("arith:") for uid in ref_labels)
 
@@ -140,7 +141,7 @@ def test_trainer_logs_label_free_signals_and_resumes_the_label_memory(tiny_cache
     srt_uri = f"sqlite:///{tmp_path}/srt.db"
     train(overrides(srt_uri, "algo=srt", "monitor.mode=label_free", "monitor.every=1", "monitor.stop_on_collapse=true"), tmp_path / "srt")
     srt = next(iter(metric_series(srt_uri, "signals").values()))
-    assert "train/policy_momentum_disagreement" not in srt and "train/label_flip_frac" in srt
+    assert names.POLICY_MOMENTUM_DISAGREEMENT not in srt and names.LABEL_FLIP_FRAC in srt
     from mlflow import MlflowClient
 
     client = MlflowClient(srt_uri)
@@ -179,20 +180,20 @@ def curve(fn, last=400, sd=0.02, seed=1):
 def healthy(last=400, seed=0):
     """Every label-free signal, flat at a plausible level with batch noise."""
     return {
-        "train/pseudo_reward": curve(lambda s: 0.45, last, 0.04, seed),
-        "train/vote_share": curve(lambda s: 0.46, last, 0.03, seed + 1),
-        "train/num_answer_classes": curve(lambda s: 4.5, last, 0.3, seed + 2),
-        "train/zero_std_frac": curve(lambda s: 0.02, last, 0.01, seed + 3),
-        "train/entropy": curve(lambda s: 0.1, last, 0.003, seed + 4),
-        "train/response_length": curve(lambda s: 27.0, last, 0.1, seed + 5),
-        "train/no_answer_frac": curve(lambda s: 0.003, last, 0.002, seed + 6),
-        "train/policy_momentum_disagreement": curve(lambda s: 0.3, last, 0.1, seed + 7),
-        "train/momentum_agreement": curve(lambda s: 0.4, last, 0.1, seed + 8),
-        "train/label_mode_frac": curve(lambda s: 0.1, last, 0.03, seed + 9),
-        "train/answer_log_magnitude": curve(lambda s: 2.2, last, 0.02, seed + 10),
-        "train/label_flip_frac": [(s, v) for s, v in curve(lambda s: 0.3, last, 0.1, seed + 11) if s > last // 4],
-        "train/kl": curve(lambda s: 1e-3 * s / last, last, 2e-5, seed + 12),
-        "train/self_certainty": curve(lambda s: 11.43, last, 0.02, seed + 13),
+        names.PSEUDO_REWARD: curve(lambda s: 0.45, last, 0.04, seed),
+        names.VOTE_SHARE: curve(lambda s: 0.46, last, 0.03, seed + 1),
+        names.NUM_ANSWER_CLASSES: curve(lambda s: 4.5, last, 0.3, seed + 2),
+        names.ZERO_STD_FRAC: curve(lambda s: 0.02, last, 0.01, seed + 3),
+        names.ENTROPY: curve(lambda s: 0.1, last, 0.003, seed + 4),
+        names.RESPONSE_LENGTH: curve(lambda s: 27.0, last, 0.1, seed + 5),
+        names.NO_ANSWER_FRAC: curve(lambda s: 0.003, last, 0.002, seed + 6),
+        names.POLICY_MOMENTUM_DISAGREEMENT: curve(lambda s: 0.3, last, 0.1, seed + 7),
+        names.MOMENTUM_AGREEMENT: curve(lambda s: 0.4, last, 0.1, seed + 8),
+        names.LABEL_MODE_FRAC: curve(lambda s: 0.1, last, 0.03, seed + 9),
+        names.ANSWER_LOG_MAGNITUDE: curve(lambda s: 2.2, last, 0.02, seed + 10),
+        names.LABEL_FLIP_FRAC: [(s, v) for s, v in curve(lambda s: 0.3, last, 0.1, seed + 11) if s > last // 4],
+        names.KL: curve(lambda s: 1e-3 * s / last, last, 2e-5, seed + 12),
+        names.SELF_CERTAINTY: curve(lambda s: 11.43, last, 0.02, seed + 13),
     }
 
 
@@ -203,18 +204,18 @@ def ramp(start, end, at=100, over=100):
 
 PATTERNS = {
     # detector: (metric, function of step) replacing the healthy curve
-    "vote_share_rise": ("train/vote_share", ramp(0.46, 0.7)),
-    "pseudo_reward_rise": ("train/pseudo_reward", ramp(0.45, 0.7)),
-    "answer_classes_fall": ("train/num_answer_classes", ramp(4.5, 2.5)),
-    "length_drift": ("train/response_length", ramp(27.0, 45.0)),
-    "no_answer_rise": ("train/no_answer_frac", ramp(0.003, 0.3)),
-    "momentum_disagreement_rise": ("train/policy_momentum_disagreement", ramp(0.3, 0.6)),
-    "momentum_agreement_fall": ("train/momentum_agreement", ramp(0.4, 0.1)),
-    "constant_answer": ("train/label_mode_frac", ramp(0.1, 0.9)),
-    "answer_drift": ("train/answer_log_magnitude", ramp(2.2, 2.1)),
-    "self_certainty_rise": ("train/self_certainty", ramp(11.43, 11.6)),
-    "entropy_collapse": ("train/entropy", lambda s: 0.005 + 0.095 * np.exp(-s / 15)),
-    "kl_acceleration": ("train/kl", lambda s: 1e-3 * s / 400 + (0.02 * ((s - 250) / 150) ** 2 if s > 250 else 0.0)),
+    "vote_share_rise": (names.VOTE_SHARE, ramp(0.46, 0.7)),
+    "pseudo_reward_rise": (names.PSEUDO_REWARD, ramp(0.45, 0.7)),
+    "answer_classes_fall": (names.NUM_ANSWER_CLASSES, ramp(4.5, 2.5)),
+    "length_drift": (names.RESPONSE_LENGTH, ramp(27.0, 45.0)),
+    "no_answer_rise": (names.NO_ANSWER_FRAC, ramp(0.003, 0.3)),
+    "momentum_disagreement_rise": (names.POLICY_MOMENTUM_DISAGREEMENT, ramp(0.3, 0.6)),
+    "momentum_agreement_fall": (names.MOMENTUM_AGREEMENT, ramp(0.4, 0.1)),
+    "constant_answer": (names.LABEL_MODE_FRAC, ramp(0.1, 0.9)),
+    "answer_drift": (names.ANSWER_LOG_MAGNITUDE, ramp(2.2, 2.1)),
+    "self_certainty_rise": (names.SELF_CERTAINTY, ramp(11.43, 11.6)),
+    "entropy_collapse": (names.ENTROPY, lambda s: 0.005 + 0.095 * np.exp(-s / 15)),
+    "kl_acceleration": (names.KL, lambda s: 1e-3 * s / 400 + (0.02 * ((s - 250) / 150) ** 2 if s > 250 else 0.0)),
 }
 
 
@@ -222,7 +223,7 @@ PATTERNS = {
 def test_each_label_free_detector_fires_on_its_pattern_and_only_it(name):
     metric, fn = PATTERNS[name]
     history = healthy()
-    sd = {"train/entropy": 0.002, "train/kl": 2e-5}.get(metric, 0.01)
+    sd = {names.ENTROPY: 0.002, names.KL: 2e-5}.get(metric, 0.01)
     history[metric] = curve(fn, sd=sd, seed=99)
     v = lf.detect_label_free(history)
     assert v.fired == (name,), (name, [d.detail for d in v.detections if d.fired])
@@ -234,11 +235,11 @@ def test_each_label_free_detector_fires_on_its_pattern_and_only_it(name):
 
 def test_label_flip_and_unanimity_patterns():
     history = healthy()
-    history["train/label_flip_frac"] = [(s, v) for s, v in curve(ramp(0.3, 0.8, at=200), seed=5) if s > 100]
+    history[names.LABEL_FLIP_FRAC] = [(s, v) for s, v in curve(ramp(0.3, 0.8, at=200), seed=5) if s > 100]
     assert lf.detect_label_free(history).fired == ("label_flip_rise",)
     history = healthy()
-    history["train/vote_share"] = curve(ramp(0.46, 1.0, over=60), sd=0.005)
-    history["train/zero_std_frac"] = curve(ramp(0.02, 1.0, over=60), sd=0.005)
+    history[names.VOTE_SHARE] = curve(ramp(0.46, 1.0, over=60), sd=0.005)
+    history[names.ZERO_STD_FRAC] = curve(ramp(0.02, 1.0, over=60), sd=0.005)
     v = lf.detect_label_free(history)
     assert set(v.fired) == {"unanimous_consensus", "vote_share_rise"} and v.alarm
     assert v.onset_step == v.detection("unanimous_consensus").step
@@ -252,14 +253,14 @@ def test_steady_noisy_runs_raise_no_label_free_alarm(seed):
 
 
 def test_a_linear_kl_rise_is_not_an_acceleration_but_a_quadratic_one_is():
-    linear = {"train/kl": curve(lambda s: 0.05 * s / 400, sd=1e-4)}
+    linear = {names.KL: curve(lambda s: 0.05 * s / 400, sd=1e-4)}
     assert not lf.detect_label_free(linear).fired
-    quadratic = {"train/kl": curve(lambda s: 0.05 * (s / 400) ** 3, sd=1e-4)}
+    quadratic = {names.KL: curve(lambda s: 0.05 * (s / 400) ** 3, sd=1e-4)}
     assert lf.detect_label_free(quadratic).fired == ("kl_acceleration",)
 
 
 def test_short_or_missing_curves_are_not_judged():
-    v = lf.detect_label_free({"train/vote_share": [(1, 0.5), (2, 0.9)]})
+    v = lf.detect_label_free({names.VOTE_SHARE: [(1, 0.5), (2, 0.9)]})
     assert not v.alarm and all(not d.fired for d in v.detections)
     assert "only 2 points" in v.detection("vote_share_rise").detail
     assert v.detection("kl_acceleration").detail == "no train/kl curve"
@@ -271,7 +272,7 @@ def test_every_detector_is_marked_and_label_free_ones_read_no_label():
     assert not DETECTOR_INFO["entropy_collapse"].reads_labels
     for name, (_, info) in lf.LABEL_FREE_DETECTORS.items():
         assert not info.reads_labels and set(info.inputs) <= set(lf.LABEL_FREE_INPUTS), name
-    for metric in ("val/accuracy", "train/true_accuracy", "train/label_accuracy", "val/math500/mean_at_1"):
+    for metric in (names.SELECTION_ACCURACY, names.TRUE_ACCURACY, names.LABEL_ACCURACY, names.benchmark_metric("math500", "mean@1")):
         assert metric not in lf.LABEL_FREE_INPUTS
     assert not set(lf.LABEL_FREE_INPUTS) & set(LABEL_METRICS)
 
@@ -280,7 +281,7 @@ def corrupt_labels(history, seed=0):
     """Every label-reading curve replaced by garbage, others untouched."""
     rng = np.random.default_rng(seed)
     out = dict(history)
-    for key in ("val/accuracy", "train/true_accuracy", "train/label_accuracy", "val/math500/mean_at_1"):
+    for key in (names.SELECTION_ACCURACY, names.TRUE_ACCURACY, names.LABEL_ACCURACY, names.benchmark_metric("math500", "mean@1")):
         steps = [s for s, _ in history.get(key, [])] or list(range(0, 401, 20))
         out[key] = [(s, float(rng.uniform())) for s in steps]
     return out
@@ -291,13 +292,13 @@ def test_corrupted_labels_change_no_label_free_verdict_or_checkpoint(name):
     metric, fn = PATTERNS[name]
     history = healthy()
     history[metric] = curve(fn, sd=0.01, seed=99)
-    history["val/accuracy"] = [(s, 0.4 + 0.1 * np.sin(s / 50)) for s in range(0, 401, 20)]
-    history["train/true_accuracy"] = curve(lambda s: 0.3)
+    history[names.SELECTION_ACCURACY] = [(s, 0.4 + 0.1 * np.sin(s / 50)) for s in range(0, 401, 20)]
+    history[names.TRUE_ACCURACY] = curve(lambda s: 0.3)
     clean = lf.detect_label_free(history)
     for seed in range(3):
         dirty = lf.detect_label_free(corrupt_labels(history, seed))
         assert dirty == clean
-        steps = [s for s, _ in history["val/accuracy"]]
+        steps = [s for s, _ in history[names.SELECTION_ACCURACY]]
         assert lf.choose_checkpoint(steps, dirty.onset_step) == lf.choose_checkpoint(steps, clean.onset_step)
 
 
@@ -354,7 +355,7 @@ def test_label_free_monitor_stops_tags_and_keeps_its_choice_whatever_the_labels(
     metric, fn = PATTERNS["constant_answer"]
     history = healthy()
     history[metric] = curve(fn, sd=0.01, seed=99)
-    history["val/accuracy"] = [(s, 0.4) for s in range(0, 401, 20)]
+    history[names.SELECTION_ACCURACY] = [(s, 0.4) for s in range(0, 401, 20)]
     outcomes = []
     for h in (history, corrupt_labels(history, 1), corrupt_labels(history, 2)):
         mon, tracker = monitor(), Tags()
@@ -384,7 +385,7 @@ def test_label_free_monitor_only_tags_without_stop_and_survives_a_resume():
 
     restored.load_state_dict(json.loads(json.dumps(mon.state_dict())))
     assert restored.label_free_alarm == mon.label_free_alarm
-    assert restored.history["train/answer_log_magnitude"] == mon.history["train/answer_log_magnitude"]
+    assert restored.history[names.ANSWER_LOG_MAGNITUDE] == mon.history[names.ANSWER_LOG_MAGNITUDE]
 
 
 def test_labeled_mode_is_unchanged_and_bad_modes_are_refused():
@@ -422,15 +423,15 @@ def test_evaluate_runs_scores_alarms_leads_and_checkpoints_against_the_truth():
         return [(s, fn(s)) for s in range(0, 401, 20)]
 
     collapsing = healthy()
-    collapsing["train/label_mode_frac"] = curve(ramp(0.1, 0.9, at=60), sd=0.01, seed=99)
-    collapsing["val/accuracy"] = acc(lambda s: 0.45 if s < 200 else 0.2)
+    collapsing[names.LABEL_MODE_FRAC] = curve(ramp(0.1, 0.9, at=60), sd=0.01, seed=99)
+    collapsing[names.SELECTION_ACCURACY] = acc(lambda s: 0.45 if s < 200 else 0.2)
     steady = healthy(seed=50)
-    steady["val/accuracy"] = acc(lambda s: 0.45)
+    steady[names.SELECTION_ACCURACY] = acc(lambda s: 0.45)
     false_alarm = healthy(seed=70)
-    false_alarm["train/no_answer_frac"] = curve(ramp(0.003, 0.4, at=100), sd=0.01, seed=98)
-    false_alarm["val/accuracy"] = acc(lambda s: 0.40 + 0.05 * (s >= 200))
+    false_alarm[names.NO_ANSWER_FRAC] = curve(ramp(0.003, 0.4, at=100), sd=0.01, seed=98)
+    false_alarm[names.SELECTION_ACCURACY] = acc(lambda s: 0.40 + 0.05 * (s >= 200))
     silent = healthy(seed=90)
-    silent["val/accuracy"] = acc(lambda s: 0.45 if s < 200 else 0.2)
+    silent[names.SELECTION_ACCURACY] = acc(lambda s: 0.45 if s < 200 else 0.2)
     curves = long_frame({"c": collapsing, "s": steady, "f": false_alarm, "x": silent})
     runs = pd.DataFrame({"run_id": ["c", "s", "f", "x"], "params.monitor.every": ["25"] * 4})
     verdicts = detect_runs(runs, curves)
@@ -458,8 +459,8 @@ def test_evaluate_runs_scores_alarms_leads_and_checkpoints_against_the_truth():
     assert table.loc["kl_acceleration", "not_judged"] == 0  # every run logged train/kl
 
     shifts = lfe.signal_shifts(runs, curves, verdicts).set_index("signal")
-    assert shifts.loc["train/label_mode_frac", "auc"] >= 0.5  # c moved more than either other run; x did not move
-    assert shifts.loc["train/label_mode_frac", "shift_collapsed"] > 3
+    assert shifts.loc[names.LABEL_MODE_FRAC, "auc"] >= 0.5  # c moved more than either other run; x did not move
+    assert shifts.loc[names.LABEL_MODE_FRAC, "shift_collapsed"] > 3
 
 
 def test_cli_threshold_prefix_changes_only_the_label_free_side():

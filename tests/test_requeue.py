@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mgrpo import metric_names as names
 from mgrpo.parallel import Ranks
 from mgrpo.requeue import FALLBACK_FRACTION, JobStopped, StopRequest
 
@@ -169,6 +170,6 @@ def test_a_warned_run_checkpoints_after_its_step_and_resumes_as_if_never_stopped
     runs = metric_series(uri, "warned")
     assert len(runs) == 1, "the resumed job continues the same MLflow run"
     warned = deterministic(next(iter(runs.values())))
-    assert [s for s, _ in warned["train/loss"]] == [1, 2, 3, 4, 5]
+    assert [s for s, _ in warned[names.LOSS]] == [1, 2, 3, 4, 5]
     assert warned == deterministic(next(iter(metric_series(uri, "uninterrupted").values())))
     assert client.get_run(paused.info.run_id).info.status == "FINISHED"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mgrpo import metric_names as names
 from mgrpo.sweeps import SWEEP_INFO_FILE
 from tests.apps.harness import read_json, require_slurm, wait_for
 
@@ -80,7 +81,7 @@ def test_trainer_sweep_on_slurm_with_a_preempted_job(tiny_cache: Path, tmp_path:
     assert resumed.info.run_id == run_id_before  # the same MLflow run continued after the requeue
     assert resumed.data.tags["mgrpo.restarts"] == "1"
     uninterrupted = next(r for r in runs if r.data.tags["mgrpo.output_dir"] == str(sweep / "2"))
-    for key in ("train/loss", "val/accuracy"):
+    for key in (names.LOSS, names.SELECTION_ACCURACY):
         steps = [m.step for m in client.get_metric_history(resumed.info.run_id, key)]
         expected = [m.step for m in client.get_metric_history(uninterrupted.info.run_id, key)]
         assert sorted(steps) == sorted(expected) and len(steps) == len(set(steps)), (key, steps)
@@ -120,7 +121,7 @@ def test_one_run_as_two_slurm_tasks_survives_preemption(tiny_cache: Path, tmp_pa
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["mgrpo.world_size"] == "2" and run.data.tags["mgrpo.restarts"] == "1"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, names.LOSS)]
     assert sorted(steps) == list(range(1, 7)) and len(steps) == len(set(steps))
 
 
@@ -180,7 +181,7 @@ def test_a_job_warned_of_its_time_limit_checkpoints_its_step_then_requeues(tiny_
     def logged_steps() -> int:
         if not running() or not (job_dir / "mlflow_run_id").exists():
             return 0
-        return len(client.get_metric_history((job_dir / "mlflow_run_id").read_text().strip(), "train/loss"))
+        return len(client.get_metric_history((job_dir / "mlflow_run_id").read_text().strip(), names.LOSS))
 
     def warned_steps() -> list[int]:
         running()
@@ -213,5 +214,5 @@ def test_a_job_warned_of_its_time_limit_checkpoints_its_step_then_requeues(tiny_
     (run,) = client.search_runs([client.get_experiment_by_name("slurm_warned").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["mgrpo.world_size"] == "2" and run.data.tags["mgrpo.restarts"] == "1"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, names.LOSS)]
     assert sorted(steps) == list(range(1, total + 1)), "every step exactly once"

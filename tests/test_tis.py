@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mgrpo import metric_names as names
 from mgrpo.config import AlgoConfig, Config, ConfigError
 from mgrpo.config_checks import validate
 from mgrpo.models.scorer import ResponseScorer
@@ -86,8 +87,8 @@ def test_a_short_run_with_tis_logs_weights_and_mismatch(tiny_cache, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     train(fast_overrides(tiny_cache, uri, "tis", "algo.tis_cap=2.0", "trainer.total_steps=2"), tmp_path / "run")
     series = next(iter(metric_series(uri, "tis").values()))
-    for key in ("train/tis_weight_mean", "train/tis_clip_frac", "train/rollout_logprob_drift"):
+    for key in (names.TIS_WEIGHT_MEAN, names.TIS_CLIP_FRAC, names.ROLLOUT_LOGPROB_DRIFT):
         assert [s for s, _ in series[key]] == [1, 2], key
     # One rank, HF engine on the trainer's own weights: sampler and trainer agree to float32 noise.
-    assert all(v == pytest.approx(1.0, abs=1e-4) for _, v in series["train/tis_weight_mean"])
-    assert all(v == 0.0 for _, v in series["train/tis_clip_frac"])
+    assert all(v == pytest.approx(1.0, abs=1e-4) for _, v in series[names.TIS_WEIGHT_MEAN])
+    assert all(v == 0.0 for _, v in series[names.TIS_CLIP_FRAC])

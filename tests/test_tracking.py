@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from mgrpo.metric_names import SELECTION_ACCURACY
 from mgrpo.tracking import Tracker, flatten, resolve_tracking_uri, sanitize_key
 
 
@@ -162,7 +163,7 @@ def test_training_with_the_tracking_server_down_loses_nothing(tiny_cache, tmp_pa
             assert len(runs) == 1, name
             steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss"))
             assert steps == [1, 2, 3, 4, 5, 6], name
-            assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "val/accuracy")) == [0, 2, 4, 6]
+            assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, SELECTION_ACCURACY)) == [0, 2, 4, 6]
             assert runs[0].info.status == "FINISHED"
     finally:
         server.stop()

@@ -12,34 +12,28 @@ import pytest
 import torch
 
 from mgrpo import checkpoint as ckpt
+from mgrpo import metric_names as names
 from mgrpo.exports import export_dir
 from mgrpo.models import resolve_model_path
 from mgrpo.tasks import TaskData
 from tests.trainer_helpers import cli, compose_config, metric_series, train
 
 REQUIRED_METRICS = {
-    "val/accuracy",
-    "train/pseudo_reward",
-    "train/label_accuracy",
-    "train/true_accuracy",
-    "train/entropy",
-    "train/vote_share",
-    "train/filtered_frac",
-    "train/zero_std_frac",
-    "train/kl",
-    "train/loss",
-    "train/grad_norm",
-    "train/response_length",
-    "train/lr",
-    "time/rollout",
-    "time/score",
-    "time/entropy",
-    "time/filter",
-    "time/vote",
-    "time/update",
-    "time/ema",
-    "time/signals",
-    "time/pad_ratio",
+    names.SELECTION_ACCURACY,
+    names.PSEUDO_REWARD,
+    names.LABEL_ACCURACY,
+    names.TRUE_ACCURACY,
+    names.ENTROPY,
+    names.VOTE_SHARE,
+    names.FILTERED_FRAC,
+    names.ZERO_STD_FRAC,
+    names.KL,
+    names.LOSS,
+    names.GRAD_NORM,
+    names.RESPONSE_LENGTH,
+    names.LR,
+    *map(names.phase_time, ("rollout", "score", "entropy", "filter", "vote", "update", "ema", "signals")),
+    names.PAD_RATIO,
 }
 
 
@@ -60,7 +54,7 @@ def fast_overrides(tiny_cache: Path, uri: str, experiment: str, *extra: str) -> 
 
 
 def deterministic(series: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
-    return {k: v for k, v in series.items() if not k.startswith("time/")}
+    return {k: v for k, v in series.items() if not k.startswith(names.TIME + "/")}
 
 
 @pytest.mark.parametrize("algo", ["mgrpo", "srt", "gt_grpo"])
@@ -72,16 +66,16 @@ def test_each_algorithm_trains_and_logs_every_metric(algo, tiny_cache, tmp_path)
     runs = metric_series(uri, "e2e")
     assert len(runs) == 1
     series = next(iter(runs.values()))
-    missing = REQUIRED_METRICS - set(series) - ({"train/entropy_momentum"} if algo != "mgrpo" else set())
+    missing = REQUIRED_METRICS - set(series) - ({names.ENTROPY_MOMENTUM} if algo != "mgrpo" else set())
     assert not missing, f"metrics not logged: {sorted(missing)}"
     if algo == "mgrpo":
-        assert "train/entropy_momentum" in series
+        assert names.ENTROPY_MOMENTUM in series
     else:
-        assert "train/entropy_momentum" not in series
-    assert [s for s, _ in series["train/loss"]] == [1, 2, 3]
-    assert all(ratio >= 1.0 for _, ratio in series["time/pad_ratio"]), "a pass runs over every real token"
-    assert [s for s, _ in series["val/accuracy"]] == [0, 2, 3]
-    assert series["val/accuracy"][0][1] > 0.2, "the base model should answer some held-out problems"
+        assert names.ENTROPY_MOMENTUM not in series
+    assert [s for s, _ in series[names.LOSS]] == [1, 2, 3]
+    assert all(ratio >= 1.0 for _, ratio in series[names.PAD_RATIO]), "a pass runs over every real token"
+    assert [s for s, _ in series[names.SELECTION_ACCURACY]] == [0, 2, 3]
+    assert series[names.SELECTION_ACCURACY][0][1] > 0.2, "the base model should answer some held-out problems"
 
     final = ckpt.latest_checkpoint(out).path
     assert not (final / "policy").exists() and not (final / "momentum").exists(), "a checkpoint holds only what resume needs"
@@ -116,13 +110,13 @@ def test_label_free_runs_never_read_training_labels(tiny_cache, tmp_path, monkey
         return next(iter(metric_series(uri, "leak").values()))
 
     clean, corrupt = run_with("clean"), run_with("corrupt")
-    diagnostics = {"train/label_accuracy", "train/true_accuracy"}
+    diagnostics = {names.LABEL_ACCURACY, names.TRUE_ACCURACY}
     for key in deterministic(clean):
         if key in diagnostics:
             continue
         assert clean[key] == corrupt[key], f"{key} changed when only the hidden labels changed"
-    assert clean["train/true_accuracy"] != corrupt["train/true_accuracy"] or all(
-        v == 0 for _, v in corrupt["train/true_accuracy"]
+    assert clean[names.TRUE_ACCURACY] != corrupt[names.TRUE_ACCURACY] or all(
+        v == 0 for _, v in corrupt[names.TRUE_ACCURACY]
     ), "the diagnostics should see the corrupted labels"
 
 
@@ -246,8 +240,8 @@ def test_math500_prompts_of_varying_length(tiny_cache, tmp_path, shared_data_dir
         tmp_path / "run",
     )
     series = next(iter(metric_series(uri, "math").values()))
-    assert [s for s, _ in series["train/loss"]] == [1, 2]
-    assert "val/accuracy" in series
+    assert [s for s, _ in series[names.LOSS]] == [1, 2]
+    assert names.SELECTION_ACCURACY in series
 
 
 def test_default_config_composes_and_validates():
@@ -295,4 +289,4 @@ def test_logged_lr_is_the_rate_each_step_used(tiny_cache, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     train(fast_overrides(tiny_cache, uri, "lr", "algo=srt", "optim.lr=1e-5", "optim.warmup_ratio=0.67", "trainer.eval_every=3"), tmp_path / "run")
     series = next(iter(metric_series(uri, "lr").values()))
-    assert [v for _, v in series["train/lr"]] == pytest.approx([0.5e-5, 1e-5, 1e-5])
+    assert [v for _, v in series[names.LR]] == pytest.approx([0.5e-5, 1e-5, 1e-5])

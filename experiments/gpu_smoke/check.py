@@ -9,7 +9,7 @@ Checks the newest run of the experiment:
   trainer: about 1e-2 is normal; a stale hand-off reads 0.2 and more);
 - the momentum model moved away from the policy after the first update
   (`train/ema_param_distance` > 0) and the policy trained on something (`train/trained_samples`);
-- evaluation ran (`val/accuracy`).
+- evaluation ran (`collapse/selection_accuracy`).
 Prints one line per check and exits 1 if any fails.
 """
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from mgrpo import metric_names as names
 
 
 def main() -> int:
@@ -41,21 +43,21 @@ def main() -> int:
     def history(key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
-    losses = history("train/loss")
+    losses = history(names.LOSS)
     steps = [s for s, _ in losses]
     checks = [
         ("run finished", run.info.status == "FINISHED", run.info.status),
         ("every step logged once", bool(steps) and steps == list(range(1, len(steps) + 1)), f"steps {steps}"),
     ]
-    for key in ("train/rollout_logprob_drift", "train/rollout_logprob_drift_momentum"):
+    for key in (names.ROLLOUT_LOGPROB_DRIFT, names.ROLLOUT_LOGPROB_DRIFT_MOMENTUM):
         points = history(key)
         worst = max((v for _, v in points), default=float("nan"))
         checks.append((f"{key} < {args.max_drift}", len(points) == len(steps) and worst < args.max_drift, f"max {worst:.2e} over {len(points)} steps"))
-    distance = history("train/ema_param_distance")
+    distance = history(names.EMA_PARAM_DISTANCE)
     checks.append(("momentum differs from the policy after a step", bool(distance) and distance[0][1] > 0, f"{distance[:1]}"))
-    trained = history("train/trained_samples")
+    trained = history(names.TRAINED_SAMPLES)
     checks.append(("the policy trained on samples", any(v > 0 for _, v in trained), f"{[v for _, v in trained]}"))
-    accuracy = history("val/accuracy")
+    accuracy = history(names.SELECTION_ACCURACY)
     checks.append(("evaluation logged", bool(accuracy), f"{accuracy}"))
     print(f"run {run.info.run_id} ({run.info.run_name}) in {args.tracking_uri}")
     for name, ok, detail in checks:

@@ -8,6 +8,7 @@ import math
 import torch
 
 from check_model import SHAPES, expected_parameters
+from mgrpo import metric_names as names
 from mgrpo.sharding import local_tensor
 
 STATIC_TOLERANCE = 0.05
@@ -73,7 +74,7 @@ def checks_of(shape: str, written: dict, trainer, cfg, seen: dict, tensors: dict
                          f"decoder layer 0 in the update: weights {compute[0]}, output {compute[1]}"))
 
     # One optimizer step on-policy (the preset's 1 epoch x 1 mini-batch): its micro-batches cover the trained rows.
-    micro_batches = math.ceil(metrics.get("train/trained_samples", 0) / cfg.optim.micro_batch_size)
+    micro_batches = math.ceil(metrics.get(names.TRAINED_SAMPLES, 0) / cfg.optim.micro_batch_size)
     checkpointing = getattr(trainer.policy.lm, "is_gradient_checkpointing", False)
     checks.append(_check("gradient checkpointing recomputes each layer in the backward pass",
                          checkpointing and micro_batches > 0 and seen["layer_calls"] == 2 * micro_batches,
@@ -85,13 +86,13 @@ def checks_of(shape: str, written: dict, trainer, cfg, seen: dict, tensors: dict
     want_rows = {"policy": prompts * a.num_policy_rollouts(), "momentum": prompts * a.resolved_num_momentum_rollouts()}
     checks.append(_check(f"G = {a.num_rollouts} samples per prompt: M policy + N = G/4 momentum", rows == want_rows, f"rows {rows}, expected {want_rows}"))
 
-    finite = {k: metrics.get(k) for k in ("train/loss", "train/grad_norm")}
-    trained_ok = all(v is not None and math.isfinite(v) for v in finite.values()) and (finite["train/grad_norm"] or 0) > 0
+    finite = {k: metrics.get(k) for k in (names.LOSS, names.GRAD_NORM)}
+    trained_ok = all(v is not None and math.isfinite(v) for v in finite.values()) and (finite[names.GRAD_NORM] or 0) > 0
     checks.append(_check("the update ran: finite loss, non-zero finite gradient norm, samples trained",
-                         trained_ok and metrics.get("train/trained_samples", 0) > 0,
-                         {**finite, "train/trained_samples": metrics.get("train/trained_samples")}))
-    distance = metrics.get("train/ema_param_distance")
-    checks.append(_check("the momentum is a separate float32 copy that the EMA updated", distance is not None and distance > 0, f"train/ema_param_distance={distance}"))
+                         trained_ok and metrics.get(names.TRAINED_SAMPLES, 0) > 0,
+                         {**finite, names.TRAINED_SAMPLES: metrics.get(names.TRAINED_SAMPLES)}))
+    distance = metrics.get(names.EMA_PARAM_DISTANCE)
+    checks.append(_check("the momentum is a separate float32 copy that the EMA updated", distance is not None and distance > 0, f"{names.EMA_PARAM_DISTANCE}={distance}"))
     checks.append(_check("the engine's weights were handed off for both roles", tensors["handoffs"] >= 2, f"{tensors['handoffs']} hand-offs"))
 
     if budget.get("applies"):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from mgrpo import metric_names as names
 from tests.test_distributed import torchrun
 from tests.test_trainer import deterministic
 from tests.trainer_helpers import cli, metric_series
@@ -85,11 +86,11 @@ def test_paper_path_on_two_ranks_resumes_after_a_kill_and_matches_one_rank(share
     for key, points in two.items():
         steps = [s for s, _ in points]
         assert len(steps) == len(set(steps)), f"{key} has duplicated steps"
-    assert [s for s, _ in two["train/loss"]] == list(range(1, STEPS + 1)), "every step exactly once"
-    for key in ("train/rollout_logprob_drift", "train/rollout_logprob_drift_momentum"):
+    assert [s for s, _ in two[names.LOSS]] == list(range(1, STEPS + 1)), "every step exactly once"
+    for key in (names.ROLLOUT_LOGPROB_DRIFT, names.ROLLOUT_LOGPROB_DRIFT_MOMENTUM):
         assert [s for s, _ in two[key]] == list(range(1, STEPS + 1)), key
         assert max(v for _, v in two[key]) <= DRIFT_BOUND, f"{key}: {two[key]}"
-    assert all(v > 0 for _, v in two["train/ema_param_distance"]), "the weights must move for the hand-offs to matter"
+    assert all(v > 0 for _, v in two[names.EMA_PARAM_DISTANCE]), "the weights must move for the hand-offs to matter"
 
     reference = deterministic(next(iter(metric_series(one_uri, "rehearsal").values())))
     two = deterministic(two)

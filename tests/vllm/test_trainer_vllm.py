@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mgrpo import metric_names as names
 from tests.test_trainer import REQUIRED_METRICS, deterministic, fast_overrides
 from tests.trainer_helpers import REPO, cli, metric_series
 
@@ -63,7 +64,7 @@ def test_mgrpo_on_vllm_logs_everything_and_resumes_after_a_kill(tiny_cache, tmp_
     series = next(iter(runs.values()))
     missing = REQUIRED_METRICS - set(series)
     assert not missing, f"metrics not logged: {sorted(missing)}"
-    for role in ("train/rollout_logprob_drift", "train/rollout_logprob_drift_momentum"):
+    for role in (names.ROLLOUT_LOGPROB_DRIFT, names.ROLLOUT_LOGPROB_DRIFT_MOMENTUM):
         assert [s for s, _ in series[role]] == [1, 2, 3, 4]
         assert max(v for _, v in series[role]) < 1e-4, f"{role}: the engine sampled stale weights"
     for key, points in series.items():
@@ -91,8 +92,8 @@ def test_other_sampler_numerics_are_logged_not_fatal(tiny_cache, tmp_path):
     result = worker("perturbed", tmp_path, overrides)
     assert result["engine_dtypes"] == ["torch.bfloat16"]
     series = next(iter(metric_series(uri, "numerics").values()))
-    assert [s for s, _ in series["train/loss"]] == [1, 2]
-    for key in ("train/rollout_logprob_drift", "train/rollout_logprob_drift_momentum"):
+    assert [s for s, _ in series[names.LOSS]] == [1, 2]
+    for key in (names.ROLLOUT_LOGPROB_DRIFT, names.ROLLOUT_LOGPROB_DRIFT_MOMENTUM):
         assert all(LOGPROB_SHIFT - 0.1 < v < LOGPROB_SHIFT + 0.1 for _, v in series[key]), (key, series[key])
 
 
