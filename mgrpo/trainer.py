@@ -40,6 +40,7 @@ from mgrpo.algos.registry import NEEDS_SELF_CERTAINTY, REWARD_SOURCES
 from mgrpo.algos.rewards import first_per_group, grpo_advantages
 from mgrpo.config import Config
 from mgrpo.evaluation import prepare_benchmarks
+from mgrpo.exports import export_run_models
 from mgrpo.in_training_eval import InTrainingEvaluator
 from mgrpo.models.loading import load_tokenizer, resolve_model_path
 from mgrpo.models.setup import build_training_models
@@ -58,13 +59,13 @@ from mgrpo.phases import (
     update_phase,
     vote_phase,
 )
-from mgrpo.exports import export_run_models
 from mgrpo.requeue import JobStopped, StopRequest
 from mgrpo.rollout import build_engines, encode_prompts, sample_seed
 from mgrpo.rollout.base import Rollouts
 from mgrpo.run_monitor import RunMonitor
+from mgrpo.sampled_scores import global_drift, momentum_entropy, policy_drift_hook, policy_self_certainty
 from mgrpo.sharding import compute_context, full_parameters
-from mgrpo.step_metrics import PseudoLabelMemory, logprob_drift, role_signals, step_metrics, step_pseudo_labels
+from mgrpo.step_metrics import PseudoLabelMemory, role_signals, step_metrics, step_pseudo_labels
 from mgrpo.tasks import Problem, load_task, prepare_task
 from mgrpo.tracking import Tracker
 from mgrpo.vote_check import vote_check
@@ -194,14 +195,6 @@ class Trainer:
         engine = self.engines.acquire(role, self.versions[role], lambda: full_parameters(model, self.compute_dtype))
         return engine.generate(prompts, n, temperature, self.cfg.rollout.max_new_tokens, seeds)
 
-    def guard_drift(self, role: str, rollouts: Rollouts, trainer_logprobs: torch.Tensor) -> tuple[float, float]:
-        """(global drift, token count) of sampler vs trainer log-probs for `role`: a metric only.
-        Stale weights are caught by the hand-off itself (`mgrpo.rollout.handoff`); a gap here is
-        the kernels' numerics (bf16, other kernels), which algo.tis_cap corrects for."""
-        drift, tokens = logprob_drift(rollouts, trainer_logprobs)
-        total, count = self.ranks.all_reduce([drift * tokens, tokens])
-        return (total / count if count else 0.0), count
-
     # ---- one step --------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
         cfg, a, r = self.cfg, self.cfg.algo, self.cfg.rollout
@@ -231,7 +224,7 @@ class Trainer:
                 scores = score_phase(self.policy, policy_ro, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
                 policy_entropy = scores.entropy if policy_entropy is None else policy_entropy
                 old_logprobs = None if on_policy else scores.logprobs
-                drifts[names.ROLLOUT_LOGPROB_DRIFT] = self.guard_drift("policy", policy_ro, scores.logprobs)
+                drifts[names.ROLLOUT_LOGPROB_DRIFT] = global_drift(self.ranks, policy_ro, scores.logprobs)
             ref_logprobs = None
             if self.reference is not None:
                 ref_logprobs = score_phase(self.reference, policy_ro, r.temperature, r.score_chunk_size, "sampled", self.context).logprobs
@@ -239,11 +232,12 @@ class Trainer:
         extra = {}
         with timed(times, "entropy"):
             if momentum_ro is not None:
-                momentum_entropy = self.momentum_entropy(momentum_ro, drifts)
-                entropies.append(momentum_entropy)
+                probe_every = None if self.engines.engines["momentum"].shares_weights else self.num_momentum
+                momentum_entropies = momentum_entropy(self.momentum, momentum_ro, a.entropy_estimator, r, self.context, self.ranks, drifts, probe_every)
+                entropies.append(momentum_entropies)
                 groups.append(momentum_ro.group_ids)
                 texts += momentum_ro.texts
-                extra[names.ENTROPY_MOMENTUM] = (float(momentum_entropy.mean()), len(momentum_ro))
+                extra[names.ENTROPY_MOMENTUM] = (float(momentum_entropies.mean()), len(momentum_ro))
         pooled_entropy, pooled_groups = torch.cat(entropies), torch.cat(groups)
         num_policy_samples = len(policy_ro)
 
@@ -255,7 +249,8 @@ class Trainer:
 
         with timed(times, "advantages"):
             gold = [problems[g].answer for g in pooled_groups.tolist()]
-            certainty = self.self_certainty(policy_ro) if a.reward in NEEDS_SELF_CERTAINTY else sampler_self_certainty(policy_ro)
+            needs_pass = a.reward in NEEDS_SELF_CERTAINTY
+            certainty = policy_self_certainty(self.policy, policy_ro, r, self.context, len(self.tokenizer)) if needs_pass else sampler_self_certainty(policy_ro)
             if certainty is not None:
                 extra[names.SELF_CERTAINTY] = (float(certainty.mean()), len(certainty))
             rewards = REWARD_SOURCES[a.reward](answers, pooled_groups.tolist(), vote, gold, self.equivalent, self_certainty=certainty)
@@ -270,7 +265,7 @@ class Trainer:
             # before its optimizer step.
             guard = None
             if names.ROLLOUT_LOGPROB_DRIFT not in drifts and policy_ro.sampler_logprobs is not None:
-                guard = self.policy_drift_hook(policy_ro, drifts)
+                guard = policy_drift_hook(self.ranks, policy_ro, drifts)
             update = update_phase(
                 self.policy,
                 self.optimizer,
@@ -314,43 +309,6 @@ class Trainer:
         metrics.update(label_signals)
         metrics.update({key: drift for key, (drift, tokens) in drifts.items() if tokens > 0})
         return metrics
-
-    def policy_drift_hook(self, rollouts: Rollouts, drifts: dict[str, tuple[float, float]]):
-        """A `before_first_step` hook that guards the policy's drift on the rows the update ran."""
-
-        def guard(logprobs: torch.Tensor, rows: torch.Tensor) -> None:
-            rows = torch.nonzero(rows).squeeze(-1)
-            drifts[names.ROLLOUT_LOGPROB_DRIFT] = self.guard_drift("policy", rollouts.select(rows), logprobs[rows])
-
-        return guard
-
-    def self_certainty(self, rollouts: Rollouts) -> torch.Tensor:
-        """(B,) the policy samples' self-certainty at the sampling temperature: the sampler's when
-        it recorded it (the HF engine), else a scoring pass of the policy (vLLM), over the
-        tokenizer's vocabulary (the LM head may be padded past it)."""
-        certainty = sampler_self_certainty(rollouts)
-        if certainty is None:
-            r = self.cfg.rollout
-            scores = score_phase(self.policy, rollouts, r.temperature, r.score_chunk_size, "sampled", self.context, self_certainty_vocab=len(self.tokenizer))
-            certainty = scores.self_certainty
-        return certainty
-
-    def momentum_entropy(self, rollouts: Rollouts, drifts: dict[str, tuple[float, float]]) -> torch.Tensor:
-        """(B,) trajectory entropy of the momentum samples: the sampler's when it recorded it (no
-        forward pass), else a scoring pass. Without a pass, an engine with its own weights still has
-        its log-prob drift measured on one sample per prompt."""
-        a, r = self.cfg.algo, self.cfg.rollout
-        entropy = sampler_entropy(rollouts, a.entropy_estimator)
-        key = names.ROLLOUT_LOGPROB_DRIFT_MOMENTUM
-        if entropy is None:
-            scores = score_phase(self.momentum, rollouts, r.temperature, r.score_chunk_size, a.entropy_estimator, self.context)
-            drifts[key] = self.guard_drift("momentum", rollouts, scores.logprobs)
-            return scores.entropy
-        if not self.engines.engines["momentum"].shares_weights and rollouts.sampler_logprobs is not None:
-            probe = rollouts.select(torch.arange(0, len(rollouts), self.num_momentum))
-            scores = score_phase(self.momentum, probe, r.temperature, r.score_chunk_size, "sampled", self.context)
-            drifts[key] = self.guard_drift("momentum", probe, scores.logprobs)
-        return entropy
 
     def loss_settings(self) -> LossSettings:
         a = self.cfg.algo
