@@ -119,7 +119,8 @@ def test_trainer_logs_label_free_signals_and_resumes_the_label_memory(tiny_cache
 
     def overrides(uri, *extra):
         return fast_overrides(tiny_cache, uri, "signals", "data.max_train_problems=8", "trainer.total_steps=3",
-                              "trainer.checkpoint_every=2", "trainer.keep_last=5", *extra)
+                              "trainer.checkpoint_every=2", "trainer.keep_last=5",
+                              "trainer.keep_finished_state=true", *extra)  # the finished run is resumed from step 2
 
     ref_uri = f"sqlite:///{tmp_path}/ref.db"
     train(overrides(ref_uri), tmp_path / "ref")
