@@ -191,11 +191,11 @@ def swept_params(task_overrides: Iterable[str], sweeper_params: Optional[Mapping
 
 
 def new_sweep_id(experiment: str, now: Optional[_dt.datetime] = None) -> str:
-    """`<experiment>-<YYYYmmdd-HHMMSS>-<4 hex>`: sortable, readable in MLflow, and unique even for
+    """`<experiment>-<YYYYmmdd-HHMMSS>-<8 hex>`: sortable, readable in MLflow, and unique even for
     two sweeps started in the same second."""
     stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_") or "sweep"
-    return f"{slug}-{stamp}-{secrets.token_hex(2)}"
+    return f"{slug}-{stamp}-{secrets.token_hex(4)}"
 
 
 def read_sweep_info(sweep_dir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
