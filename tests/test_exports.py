@@ -81,6 +81,16 @@ def test_mgrpo_eval_converts_a_checkpoint_without_export_and_old_layouts_still_r
     base = resolve_model_path(cfg.model, cfg.data)
     same_tensors(export_from_checkpoint(out / "checkpoints" / "step_000002", tmp_path / "again", base, torch.float32, None, None), export_dir(out, 2) / "policy")
 
+    # Another architecture than the run's base: the error names the setting, nothing is written.
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base)
+    config.intermediate_size += 8  # MLP weights of other shapes
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "wider")
+    with pytest.raises(ckpt.CheckpointError, match="Size mismatch.*model.name_or_path must be the base model"):
+        export_from_checkpoint(out / "checkpoints" / "step_000002", tmp_path / "other", str(tmp_path / "wider"), torch.float32, None, None)
+    assert not (tmp_path / "other").exists(), "nothing is left behind"
+
     # A checkpoint of the old layout (HF policy/ inside it) is evaluated from there and resumes.
     shutil.rmtree(out / "checkpoints" / "step_000002")
     shutil.rmtree(export_dir(out, 2))
@@ -105,19 +115,3 @@ def test_a_finished_run_keeps_its_record_and_exports_not_its_resume_state(tiny_c
     assert locate_checkpoint(str(out)).model_path == str((export_dir(out, 2) / "policy").resolve())
     with pytest.raises(EvalError, match="keeps no model.*step_000002"):
         locate_checkpoint(str(out / "checkpoints" / "step_000001"))
-
-
-def test_export_from_a_checkpoint_of_another_model_names_the_fix(tiny_cache, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = tmp_path / "run"
-    train(fast_overrides(tiny_cache, uri, "mismatch", "trainer.total_steps=1", "trainer.eval_every=1", "trainer.keep_finished_state=true"), out)
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = compose_config(fast_overrides(tiny_cache, uri, "mismatch"))
-    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model, cfg.data))
-    config.intermediate_size += 8  # another architecture: MLP weights of other shapes
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "wider")
-    other = tmp_path / "other"
-    with pytest.raises(ckpt.CheckpointError, match="Size mismatch.*model.name_or_path must be the base model"):
-        export_from_checkpoint(out / "checkpoints" / "step_000001", other, str(tmp_path / "wider"), torch.float32, None, None)
-    assert not other.exists(), "nothing is left behind"
