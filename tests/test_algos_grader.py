@@ -477,3 +477,34 @@ def test_agrees_with_math_verify_on_math500(math500_golds: list[str]) -> None:
     mismatches = [(g, p, a, b) for (g, p), a, b in zip(pairs, got, expected) if a != b]
     assert mismatches == []
     assert len(pairs) >= 250 and sum(expected) >= 50  # both sides really exercised
+
+
+def test_a_worker_killed_as_it_starts_is_started_again(monkeypatch) -> None:
+    """SLURM's SIGTERM on preemption reaches the grader's worker too, possibly as it starts: a
+    worker that dies before it is ready is replaced, up to _START_ATTEMPTS starts in a row, so the
+    job lives on to its requeue; a worker that cannot start at all still stops the run."""
+    import mgrpo.algos.grader as grader
+
+    eq = AnswerEquivalence()
+    try:
+        assert eq("\\sqrt{4}", "2") is True
+        dying = grader._Worker()
+        dying.process.kill()
+        dying.process.join()
+        eq._pool[0].kill()
+        eq._pool[0] = dying
+        assert eq.many([("\\sqrt{9}", "3"), ("\\sqrt{2}", "\\sqrt{3}")]) == [True, False]
+        assert eq._pool[0].ready and eq._pool[0].attempt == 2
+    finally:
+        eq.close()
+
+    class StillBorn(grader._Worker):
+        def __init__(self, attempt: int = 1) -> None:
+            super().__init__(attempt)
+            self.process.kill()
+            self.process.join()
+
+    monkeypatch.setattr(grader, "_Worker", StillBorn)
+    broken = AnswerEquivalence()
+    with pytest.raises(RuntimeError, match="did not start"):
+        broken.many([("\\sqrt{16}", "4")])

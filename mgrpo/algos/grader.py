@@ -30,6 +30,10 @@ from mgrpo.algos.answers import cheap_verdict, hendrycks_equivalent, is_junk_nor
 from mgrpo.algos.verify_rules import differs_from_literal, surely_not_equivalent
 
 _WORKER_START_TIMEOUT = 120.0
+_START_ATTEMPTS = 3
+"""Starts a worker gets before the environment counts as broken. A signal meant for the job can
+kill a worker as it starts: SLURM's SIGTERM on preemption reaches every process of the step, and
+submitit lets the trainer itself carry on to its requeue."""
 _MAX_PREFETCH_BACKLOG = 1024  # answers a worker may still have to parse before prefetch skips it
 
 
@@ -111,7 +115,8 @@ class _Worker:
     """One worker process and the work sent to it that it has not reported yet, in order:
     (gold, pred) pairs awaiting a verdict, and answers (str) awaiting "parsed"."""
 
-    def __init__(self) -> None:
+    def __init__(self, attempt: int = 1) -> None:
+        self.attempt = attempt  # the how-manieth start of this worker slot in a row
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_loop, args=(child,), daemon=True)
@@ -257,21 +262,23 @@ class AnswerEquivalence:
         """Start missing workers and wait for all to import math-verify."""
         while len(self._pool) < self.workers:
             self._pool.append(_Worker())
-        for worker in self._pool:
-            if worker.ready:
-                continue
-            try:
-                if worker.conn.poll(max(0.0, worker.started + _WORKER_START_TIMEOUT - time.monotonic())):
-                    worker.receive()
-            except (EOFError, OSError):
-                pass
-            if not worker.ready:
-                self.close()
-                raise RuntimeError("the math-verify worker process did not start; is math-verify installed?")
+        for k in range(len(self._pool)):
+            while not self._pool[k].ready:
+                worker = self._pool[k]
+                try:
+                    if worker.conn.poll(max(0.0, worker.started + _WORKER_START_TIMEOUT - time.monotonic())):
+                        worker.receive()
+                except (EOFError, OSError):
+                    if worker.attempt < _START_ATTEMPTS:
+                        self._restart(worker, worker.attempt + 1)
+                        continue
+                if not worker.ready:
+                    self.close()
+                    raise RuntimeError("the math-verify worker process did not start; is math-verify installed?")
 
-    def _restart(self, worker: _Worker) -> None:
+    def _restart(self, worker: _Worker, attempt: int = 1) -> None:
         worker.kill()
-        self._pool[self._pool.index(worker)] = _Worker()  # starts now, awaited when needed
+        self._pool[self._pool.index(worker)] = _Worker(attempt)  # starts now, awaited when needed
 
     def _give_up_on_head(self, worker: _Worker, todo: deque, settle: Callable, timed_out: bool) -> None:
         """The worker hung or died on its oldest item: a pair falls back (Hendrycks), an answer
@@ -326,8 +333,12 @@ class AnswerEquivalence:
                         settle(key, verdict)
                 except (EOFError, OSError):
                     if not worker.ready:
+                        if worker.attempt < _START_ATTEMPTS:
+                            todo.extendleft(reversed(worker.pairs_in_flight()))
+                            self._restart(worker, worker.attempt + 1)
+                            continue
                         self.close()
-                        raise RuntimeError("the math-verify worker process died while starting") from None
+                        raise RuntimeError(f"the math-verify worker process died while starting, {_START_ATTEMPTS} times in a row") from None
                     # The worker died mid-comparison: that pair counts as timed out.
                     self._give_up_on_head(worker, todo, settle, timed_out=False)
                     continue
