@@ -201,23 +201,14 @@ def save_checkpoint(output_dir: Path, step: int, ranks: Ranks, train: TrainingSt
     with quiet_single_process():
         dcp.save(_dcp_state(train, with_optimizer=bool(train.optimizer.state)), checkpoint_id=str(tmp / DCP_DIR), no_dist=not ranks.distributed)
     torch.save(capture_rng(), tmp / "rng" / f"rank_{ranks.rank}.pt")
-    _fsync_files(tmp, lambda f: f"__{ranks.rank}_" in f.name or f.name == f"rank_{ranks.rank}.pt")
+    fsync_files(tmp, lambda f: f"__{ranks.rank}_" in f.name or f.name == f"rank_{ranks.rank}.pt")
     ranks.barrier()
     if ranks.is_main:
         torch.save(train.scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "world_size": ranks.world_size}, indent=1, default=str))
         (tmp / MARKER).write_text(str(step))
-        _fsync_files(tmp, lambda f: not f.name.startswith("__") and not f.name.startswith("rank_"))
-        if final.exists():
-            # The same step written again: swap atomically, then drop the old copy.
-            old = root / f".old_step_{step:06d}"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        fsync_files(tmp, lambda f: not f.name.startswith("__") and not f.name.startswith("rank_"))
+        publish_dir(tmp, final)
         complete = [p for p in _step_dirs(root) if (p / MARKER).exists()]
         for stale in complete[:-keep_last]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -233,7 +224,20 @@ def quiet_single_process() -> Iterator[None]:
         yield
 
 
-def _fsync_files(path: Path, mine) -> None:
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Rename a finished directory into place; one of the same name already there (the same step
+    written again) is swapped out atomically, then dropped."""
+    if final.exists():
+        old = final.with_name(f".old_{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+def fsync_files(path: Path, mine=lambda file: True) -> None:
     for file in path.rglob("*"):
         if file.is_file() and mine(file):
             with open(file, "rb") as handle:

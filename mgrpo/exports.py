@@ -17,13 +17,13 @@ temporary name and renamed into place, so a kill leaves the old export or the ne
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import torch
 
+from mgrpo.checkpoint import fsync_files, publish_dir
 from mgrpo.parallel import Ranks
 
 EXPORTS_DIR = "exports"
@@ -60,22 +60,6 @@ def _gathered(named: Iterable[tuple[str, torch.Tensor]], keep: bool) -> dict[str
     return {name: tensor.to("cpu").contiguous() for name, tensor in named if keep}
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename a finished export into place; the same step written again replaces the old one."""
-    for file in tmp.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    if final.exists():
-        old = final.with_name(f".old_{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-
-
 def export_run_models(
     output_dir: Path,
     step: int,
@@ -105,7 +89,8 @@ def export_run_models(
             write_hf_model(tmp / name, tensors, lm.config, dtype, getattr(lm, "generation_config", None), tokenizer)
     if ranks.is_main:
         (tmp / EXPORT_FILE).write_text(json.dumps({"step": step, "run_id": run_id, "models": [m[0] for m in models]}, indent=1))
-        _publish(tmp, final)
+        fsync_files(tmp)
+        publish_dir(tmp, final)
     ranks.barrier()
     return final
 
@@ -161,5 +146,6 @@ def export_from_checkpoint(
     write_hf_model(tmp / POLICY, tensors, lm.config, dtype, getattr(lm, "generation_config", None), tokenizer)
     (tmp / EXPORT_FILE).write_text(json.dumps({"step": step, "run_id": run_id, "models": [POLICY], "converted_from": str(checkpoint_dir)}, indent=1))
     destination.parent.mkdir(parents=True, exist_ok=True)
-    _publish(tmp, destination)
+    fsync_files(tmp)
+    publish_dir(tmp, destination)
     return destination / POLICY
