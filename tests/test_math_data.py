@@ -71,6 +71,20 @@ def test_chat_template_is_applied_and_long_prompts_dropped_and_counted(shared_da
     assert all(p.answer == by_uid[p.uid].answer for p in prepared.data.train), "gold answers untouched"
 
 
+def test_prompt_lengths_count_what_the_engines_encode(shared_data_dir, tokenizer):
+    """The length check's fast path (the backend's batch encoder) counts exactly the ids that
+    `encode_prompts` gives the engines, on chat-templated MATH prompts (BPE) and arithmetic ones."""
+    from mgrpo.models.tiny import build_tiny_tokenizer
+    from mgrpo.rollout import encode_prompts
+
+    raw = load_task(math_cfg(shared_data_dir))
+    math_prompts = [render_prompt(tokenizer, p.prompt) for p in raw.train[:300]]
+    arithmetic = [p.prompt for p in load_task(DataConfig(heldout_size=50)).heldout]
+    for tok, prompts in ((tokenizer, math_prompts), (build_tiny_tokenizer(), arithmetic)):
+        assert tok.is_fast
+        assert prompt_lengths(tok, prompts) == [len(ids) for ids in encode_prompts(tok, prompts, 10**6)]
+
+
 def test_chat_template_can_be_turned_off(shared_data_dir, tokenizer):
     raw = load_task(math_cfg(shared_data_dir, max_train_problems=20))
     plain = prepare_task(raw, tokenizer, chat_template=False, max_prompt_tokens=4096)
