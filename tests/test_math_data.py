@@ -82,7 +82,10 @@ def test_prompt_lengths_count_what_the_engines_encode(shared_data_dir, tokenizer
     arithmetic = [p.prompt for p in load_task(DataConfig(heldout_size=50)).heldout]
     for tok, prompts in ((tokenizer, math_prompts), (build_tiny_tokenizer(), arithmetic)):
         assert tok.is_fast
-        assert prompt_lengths(tok, prompts) == [len(ids) for ids in encode_prompts(tok, prompts, 10**6)]
+        expected = [len(ids) for ids in encode_prompts(tok, prompts, 10**6)]
+        assert prompt_lengths(tok, prompts) == expected
+        tok(prompts[:4], padding=True, truncation=True, max_length=8)  # leaves both set on the backend
+        assert prompt_lengths(tok, prompts) == expected, "a padded call before must not change the counts"
 
 
 def test_chat_template_can_be_turned_off(shared_data_dir, tokenizer):

@@ -56,11 +56,14 @@ def prompt_lengths(tokenizer, prompts: Sequence[str]) -> list[int]:
 
     A fast tokenizer's backend counts them directly: the same encodings without building a
     Python list per prompt, a third of the time on the arithmetic task's 50,000-problem pool
-    (measured: 0.35 vs 1.08 s), which every trainer start pays."""
+    (measured: 0.35 vs 1.08 s), which every trainer start pays. The backend keeps the padding and
+    truncation of the last call that asked for them, so it is used only when it has neither (a
+    plain call resets both)."""
     if not prompts:
         return []
-    if getattr(tokenizer, "is_fast", False):
-        return [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch(list(prompts), add_special_tokens=False)]
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None and backend.padding is None and backend.truncation is None:
+        return [len(e.ids) for e in backend.encode_batch(list(prompts), add_special_tokens=False)]
     return [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
 
 
