@@ -73,7 +73,8 @@ def test_chat_template_is_applied_and_long_prompts_dropped_and_counted(shared_da
 
 def test_prompt_lengths_count_what_the_engines_encode(shared_data_dir, tokenizer):
     """The length check's fast path (the backend's batch encoder) counts exactly the ids that
-    `encode_prompts` gives the engines, on chat-templated MATH prompts (BPE) and arithmetic ones."""
+    `encode_prompts` gives the engines, on chat-templated MATH prompts (BPE) and arithmetic ones,
+    and is still taken after a padded, truncated call."""
     from mgrpo.models.tiny import build_tiny_tokenizer
     from mgrpo.rollout import encode_prompts
 
@@ -86,6 +87,8 @@ def test_prompt_lengths_count_what_the_engines_encode(shared_data_dir, tokenizer
         assert prompt_lengths(tok, prompts) == expected
         tok(prompts[:4], padding=True, truncation=True, max_length=8)  # leaves both set on the backend
         assert prompt_lengths(tok, prompts) == expected, "a padded call before must not change the counts"
+        backend = tok.backend_tokenizer
+        assert backend.padding is None and backend.truncation is None, "the first prompt's plain call resets them, so the backend counts"
 
 
 def test_chat_template_can_be_turned_off(shared_data_dir, tokenizer):
