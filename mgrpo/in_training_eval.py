@@ -44,6 +44,15 @@ class InTrainingEvaluator:
         self.output_dir, self.tracker = output_dir, tracker
         self.selection = list(selection[: cfg.trainer.eval_size] if cfg.trainer.eval_size else selection)
         self.benchmarks = list(benchmarks)
+        self._greedy_step: Optional[int] = None
+        self._greedy_answers: list[Optional[str]] = []
+
+    def greedy_answers(self, step: int) -> Optional[list[Optional[str]]]:
+        """The policy's greedy answer to each selection problem at `step`, when that step's
+        evaluation decoded greedily one sample each (`rollout.eval_temperature` 0,
+        `rollout.eval_samples` 1); None otherwise. Every rank agrees on None; only rank 0 holds
+        the answers (an empty list elsewhere)."""
+        return self._greedy_answers if self._greedy_step == step else None
 
     def evaluate(self, step: int, engine: RolloutEngine) -> dict[str, float]:
         """Selection-set metrics, then each benchmark's."""
@@ -57,6 +66,9 @@ class InTrainingEvaluator:
         (maj_accuracy, ...) on the selection set."""
         r = self.cfg.rollout
         samples = self._sample(engine, self.selection, r.eval_samples, eval_seeds(self.cfg.trainer.seed, step, range(len(self.selection))), extract_answer)
+        greedy = r.eval_temperature == 0 and r.eval_samples == 1
+        self._greedy_step = step if greedy else None
+        self._greedy_answers = [] if samples is None or not greedy else _by_problem(samples, len(self.selection))
         if samples is None:
             return {}
         problems = self.selection
@@ -103,3 +115,11 @@ class InTrainingEvaluator:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         self.tracker.log_artifact(path, "completions")
+
+
+def _by_problem(samples: EvalSamples, count: int) -> list[Optional[str]]:
+    """The one sample's answer of each of `count` problems, in problem order."""
+    answers: list[Optional[str]] = [None] * count
+    for index, answer in zip(samples.problem_indices, samples.answers):
+        answers[index] = answer
+    return answers

@@ -9,7 +9,8 @@ first `trainer.vote_check_size` problems of the selection set:
 - the training pool drawn exactly as a training step draws it: M policy + N momentum samples at
   rollout.temperature, the IQR filter over their trajectory entropies (algo.iqr_k), the majority
   vote (algo.min_vote_share); with their own seeds, so training's random streams are untouched;
-- the policy's greedy answer (temperature 0).
+- the policy's greedy answer (temperature 0): the evaluation's own answers when it just decoded
+  the selection set greedily (`InTrainingEvaluator.greedy_answers`), else a greedy decode here.
 
 Logged against the gold answers (`mgrpo_analysis.vote_check.VOTE_CHECK_METRICS`, where the report
 reads them):
@@ -49,12 +50,15 @@ def vote_check(trainer: Trainer, step: int) -> dict[str, float]:
     if size <= 0:
         return {}
     problems = trainer.evaluator.selection[:size]
+    evaluated = trainer.evaluator.greedy_answers(step)
     share = np.array_split(np.arange(size), trainer.ranks.world_size)[trainer.ranks.rank].tolist()
-    mine = _check_share(trainer, step, [problems[i] for i in share], share) if share else []
+    mine = _check_share(trainer, step, [problems[i] for i in share], share, decode_greedy=evaluated is None) if share else []
     gathered = trainer.ranks.all_gather_objects(mine)
     if not trainer.ranks.is_main:
         return {}
-    rows = [row for part in gathered for row in part]
+    rows = [row for part in gathered for row in part]  # problem order: the shares are contiguous
+    if evaluated is not None:
+        rows = [(gold, label, evaluated[i]) for i, (gold, label, _) in enumerate(rows)]
     equivalent = trainer.equivalent
     label_right = [label is not None and equivalent(gold, label) for gold, label, _ in rows]
     greedy_right = [greedy is not None and equivalent(gold, greedy) for gold, _, greedy in rows]
@@ -67,8 +71,11 @@ def vote_check(trainer: Trainer, step: int) -> dict[str, float]:
     )
 
 
-def _check_share(trainer: Trainer, step: int, problems: list, indices: list[int]) -> list[tuple[str, Optional[str], Optional[str]]]:
-    """(gold, pseudo-label, greedy answer) of this rank's share of the check's problems."""
+def _check_share(
+    trainer: Trainer, step: int, problems: list, indices: list[int], decode_greedy: bool
+) -> list[tuple[str, Optional[str], Optional[str]]]:
+    """(gold, pseudo-label, greedy answer) of this rank's share of the check's problems; the
+    greedy answer is None unless `decode_greedy`."""
     cfg, a, r = trainer.cfg, trainer.cfg.algo, trainer.cfg.rollout
     prompts = encode_prompts(trainer.tokenizer, [p.prompt for p in problems], r.max_prompt_tokens)
     seed = cfg.trainer.seed
@@ -88,7 +95,9 @@ def _check_share(trainer: Trainer, step: int, problems: list, indices: list[int]
     pooled_groups = torch.cat(groups)
     keep = filter_phase(torch.cat(entropies), pooled_groups, a.iqr_k)
     _, vote = vote_phase(texts, pooled_groups, keep, trainer.equivalent, a.min_vote_share)
-    greedy = trainer.sample("policy", prompts, 1, 0.0, eval_seeds(seed, step, indices, "vote_check/greedy"))
-    greedy_answers = [extract_answer(t) for t in greedy.texts]
+    greedy_answers: list[Optional[str]] = [None] * len(problems)
+    if decode_greedy:
+        greedy = trainer.sample("policy", prompts, 1, 0.0, eval_seeds(seed, step, indices, "vote_check/greedy"))
+        greedy_answers = [extract_answer(t) for t in greedy.texts]
     labels = [vote.groups[i].label if i in vote.groups else None for i in range(len(problems))]
     return [(p.answer, labels[i], greedy_answers[i]) for i, p in enumerate(problems)]

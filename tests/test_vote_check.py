@@ -74,3 +74,36 @@ def test_report_shows_the_vote_check_per_run(tmp_path, tiny_cache):
     text = path.read_text()
     assert "Could the vote teach?" in text and f"{row.gain_last:+.3f}" in text
     assert len(pd.read_csv(tmp_path / "report" / "vote_check.csv")) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("eval_temperature", [0.0, 0.7])
+def test_greedy_answers_come_from_a_greedy_evaluation_else_from_a_decode(tmp_path, tiny_cache, eval_temperature):
+    """After a greedy selection-set evaluation the check reuses its answers (no second greedy
+    decode of the same prompts); after a sampled one it decodes greedily itself."""
+    from mgrpo.tracking import Tracker
+    from mgrpo.train import compose_config
+    from mgrpo.trainer import Trainer
+
+    cfg = compose_config(
+        ["algo=mgrpo", "trainer.eval_size=30", "trainer.vote_check_size=12", "trainer.progress=false", "tracking.enabled=false",
+         f"rollout.eval_temperature={eval_temperature}", f"model.tiny.cache_dir={tiny_cache}"]
+    )
+    trainer = Trainer(cfg, tmp_path, Tracker("", "", None, enabled=False))
+    sample, temperatures = trainer.sample, []
+    trainer.sample = lambda role, prompts, n, temperature, seeds: temperatures.append(temperature) or sample(role, prompts, n, temperature, seeds)
+    try:
+        metrics = trainer.evaluate(0)
+        evaluated = trainer.evaluator.greedy_answers(0)
+    finally:
+        trainer.close()
+    greedy_accuracy = metrics["eval/vote_check/greedy_accuracy"]
+    if eval_temperature == 0:
+        assert 0.0 not in temperatures
+        problems = trainer.evaluator.selection[:12]
+        right = [a is not None and trainer.equivalent(p.answer, a) for p, a in zip(problems, evaluated)]
+        assert greedy_accuracy == pytest.approx(sum(right) / 12)
+        assert trainer.evaluator.greedy_answers(1) is None  # only the step that was evaluated
+    else:
+        assert evaluated is None and temperatures.count(0.0) == 1
+    assert 0 <= greedy_accuracy <= 1
