@@ -9,12 +9,14 @@ steps and times, on this machine, in one run (shares, not seconds, are the point
 - one evaluation, split into the greedy selection-set evaluation and the vote check
   (`mgrpo.vote_check`), which samples the training pool on `trainer.vote_check_size` problems.
 It then extrapolates a 200-step run with an evaluation every `trainer.eval_every` steps and prints
-each part's share of it.
+each part's share of it, and a digest of the policy's and the momentum's weights after the steps:
+two versions of the code learn the same thing for this seed exactly when their digests agree.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import tempfile
 import time
@@ -29,6 +31,18 @@ from mgrpo.trainer import Trainer
 from mgrpo.vote_check import vote_check
 
 PHASES = ("score", "entropy", "filter", "vote", "advantages", "update", "ema", "signals")
+
+
+def weights_digest(models) -> str:
+    """sha256 (first 16 hex digits) of every parameter's bytes, in name order, of each model."""
+    h = hashlib.sha256()
+    for model in models:
+        if model is None:
+            continue
+        for name, p in sorted(model.named_parameters()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def main() -> None:
@@ -68,6 +82,7 @@ def main() -> None:
         step_total = statistics.median(steps)
         per_step["other"] = max(0.0, step_total - sum(per_step.values()))
 
+        digest = weights_digest([trainer.policy, trainer.momentum])
         engine = trainer.engines.acquire("policy", trainer.versions["policy"], lambda: None)
         start = time.perf_counter()
         trainer.evaluator.evaluate(trainer.step, engine)
@@ -89,6 +104,7 @@ def main() -> None:
     print(f"extrapolated {t.total_steps}-step run with {evals} evaluations: {total:.0f} s")
     for name, seconds in sorted(run.items(), key=lambda kv: -kv[1]):
         print(f"  {name:38s} {seconds:7.1f} s  {100 * seconds / total:5.1f}%")
+    print(f"weights after {args.warmup + args.steps} steps: sha256 {digest}")
     if per_step.get("generate (momentum)"):
         print(f"momentum generate / policy generate: {per_step['generate (momentum)'] / per_step['generate (policy)']:.2f} "
               f"(rows {trainer.num_momentum} vs {trainer.num_policy} per prompt)")
