@@ -140,6 +140,10 @@ class Ranks:
             dist.destroy_process_group()
 
 
+STOP_JOIN_S = 10.0
+"""How long `RankWatchdog.stop` waits for a store call in flight (one that hangs on a dead store
+is left behind)."""
+
 RESUME_HINT = "Rerun the same command to resume from the last complete checkpoint."
 
 
@@ -176,7 +180,13 @@ class RankWatchdog:
         return self
 
     def stop(self) -> None:
+        """Stop the heartbeat and wait for its thread to end. Waiting matters at exit: a daemon
+        thread still inside a store call while the interpreter finalizes is ended through a C++
+        destructor (pybind11's GIL release), which aborts the whole process ("terminate called
+        without an active exception", pytorch/pytorch#38228) after the run has finished."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=STOP_JOIN_S)
 
     def report_failure(self, message: str) -> None:
         try:

@@ -119,6 +119,26 @@ def test_bf16_autocast_on_one_rank_moves_float32_masters():
     assert changed_fraction(build_tiny_model(TinyModelConfig(), tokenizer).to(torch.bfloat16), autocast=False) < 0.2
 
 
+def test_watchdog_stop_waits_for_its_heartbeat_thread():
+    """stop() returns once the heartbeat thread has ended, so no thread is inside a store call
+    while the interpreter exits: that aborts a finished run ("terminate called without an active
+    exception", pytorch/pytorch#38228; seen once at a 2-rank run's exit)."""
+    from mgrpo.parallel import RankWatchdog
+
+    class SlowStore:
+        def add(self, key, amount):
+            time.sleep(0.2)
+            return 0
+
+        def check(self, keys):
+            return False
+
+    watchdog = RankWatchdog(SlowStore(), rank=0, world_size=2, interval_s=0.01, timeout_s=60).start()
+    time.sleep(0.05)  # the heartbeat thread is inside a slow store call now
+    watchdog.stop()
+    assert not watchdog._thread.is_alive()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["mgrpo", "srt"])
 def test_two_ranks_match_one_rank(algo, tiny_cache, tmp_path):
