@@ -479,6 +479,22 @@ def test_agrees_with_math_verify_on_math500(math500_golds: list[str]) -> None:
     assert len(pairs) >= 250 and sum(expected) >= 50  # both sides really exercised
 
 
+def test_a_worker_killed_while_idle_is_replaced() -> None:
+    """SLURM's SIGTERM on preemption reaches the grader's worker at any moment, also between
+    batches: the next batch finds the pipe broken, starts a new worker and gets the same verdicts
+    (a preempted sweep job failed with BrokenPipeError instead of living on to its requeue)."""
+    eq = AnswerEquivalence()
+    try:
+        assert eq("\\sqrt{4}", "2") is True
+        idle = eq._pool[0].process
+        idle.terminate()
+        idle.join()
+        assert eq.many([("\\sqrt{9}", "3"), ("\\sqrt{2}", "\\sqrt{3}")]) == [True, False]
+        assert eq._pool[0].process is not idle and eq._pool[0].ready
+    finally:
+        eq.close()
+
+
 def test_a_worker_killed_as_it_starts_is_started_again(monkeypatch) -> None:
     """SLURM's SIGTERM on preemption reaches the grader's worker too, possibly as it starts: a
     worker that dies before it is ready is replaced, up to _START_ATTEMPTS starts in a row, so the

@@ -249,7 +249,10 @@ class AnswerEquivalence:
             for k, worker in enumerate(self._pool):
                 chunk = strings[k :: len(self._pool)][: max(0, _MAX_PREFETCH_BACKLOG - len(worker.in_flight))]
                 if chunk:
-                    worker.send_parse(chunk)
+                    try:
+                        worker.send_parse(chunk)
+                    except OSError:  # died since the receive above: parsing is only an optimisation
+                        self._restart(worker)
 
     # ---- the worker pool (called with the lock held)
 
@@ -310,7 +313,12 @@ class AnswerEquivalence:
                 # Only to an idle worker (a prefetch may still run): a send to a busy one could
                 # block on a full pipe, and then no timeout could be enforced.
                 if worker.ready and not worker.in_flight and todo:
-                    worker.send([todo.popleft() for _ in range(min(chunk, len(todo)))])
+                    batch = [todo.popleft() for _ in range(min(chunk, len(todo)))]
+                    try:
+                        worker.send(batch)
+                    except OSError:  # it died idle after its last report (SLURM's SIGTERM reaches it too)
+                        todo.extendleft(reversed(batch))
+                        self._restart(worker)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 for worker in list(self._pool):
