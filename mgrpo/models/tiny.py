@@ -361,6 +361,9 @@ def tiny_cache_key(tiny: TinyModelConfig, data: DataConfig) -> str:
 
 def build_entry(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
     """Pretrain, measure and save a base model into the empty directory `entry`."""
+    name = f"tiny-{tiny_cache_key(tiny, data)}"  # `entry` may be the cache's temporary directory
+    # Said before it starts: at the default settings a build takes minutes of CPU.
+    log.info("pretraining tiny base model %s: up to %d steps", name, tiny.pretrain_steps)
     started, cpu_started = time.time(), time.process_time()
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tiny, tokenizer)
@@ -389,7 +392,7 @@ def build_entry(entry: Path, tiny: TinyModelConfig, data: DataConfig) -> None:
     write_marker(entry, MARKER, report)
     log.info(
         "built tiny base model %s in %.0fs: %d steps, held-out greedy accuracy %.3f",
-        entry.name, report["build_seconds"], stats.steps, accuracy,
+        name, report["build_seconds"], stats.steps, accuracy,
     )
 
 
